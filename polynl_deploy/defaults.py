@@ -1,0 +1,20 @@
+"""Defaults in one place: opset, tolerances, shapes, seeds."""
+
+OPSET = 20
+"""Default ONNX opset of exported models (default domain)."""
+
+SEED = 0
+
+# Per-dtype tolerances for validate: |a - b| <= atol + rtol * |b|.
+TOLERANCES = {
+    "float32": {"atol": 1e-5, "rtol": 1e-4},
+    "float16": {"atol": 1e-2, "rtol": 1e-2},
+    "bfloat16": {"atol": 5e-2, "rtol": 5e-2},
+    "float64": {"atol": 1e-10, "rtol": 1e-9},
+}
+
+VALIDATION_SHAPE_SCALES = (1.0, 0.5, 1.5)
+"""validate() runs the example shape and these rescalings of its dynamic axes."""
+
+UNFOLDED_MAX_RATIO = 0.25
+"""The unfolded form is used when C' <= UNFOLDED_MAX_RATIO * C (cheaper than the Gram form)."""

@@ -1,0 +1,33 @@
+"""One exception family: every error the toolkit raises on purpose is a PolyNLError."""
+
+
+class PolyNLError(Exception):
+    """Base class of all polynl-deploy errors; the CLI turns it into a message and exit code 2."""
+
+
+class ModelFileError(PolyNLError):
+    """An ONNX/engine file is missing, truncated or not what it claims to be."""
+
+
+class CheckpointError(PolyNLError):
+    """A checkpoint cannot be read safely or does not match the model."""
+
+
+class SourceError(PolyNLError):
+    """A model SOURCE (``package.module:factory`` or zoo name) cannot be resolved."""
+
+
+class ExportError(PolyNLError):
+    """torch.onnx could not export the model, or the result failed its checks."""
+
+
+class InputError(PolyNLError):
+    """An inference input has the wrong name, shape or dtype."""
+
+
+class ValidationError(PolyNLError):
+    """A numerics check failed (outputs differ beyond tolerance, NaN/Inf, label mismatch)."""
+
+
+class BackendUnavailableError(PolyNLError):
+    """A backend (TensorRT, CUDA, plugin library) is not present on this machine."""

@@ -1,0 +1,50 @@
+"""Poly-NL forward forms on channels-last token matrices X of shape (B, N, C).
+
+Weights are matrices: Wq, Wk, Wv are (C, C'), Wo is (C', C); biases are vectors.
+Both forms return the pre-norm output projection P = ((X Wq + bq) * m) Wo + bo.
+"""
+
+import torch
+from torch import Tensor
+
+from polynl_deploy.defaults import UNFOLDED_MAX_RATIO
+
+
+def poly_mean(x: Tensor, wk: Tensor, bk: Tensor, wv: Tensor, bv: Tensor) -> Tensor:
+    """m = mean_n (K[n] * V[n]) computed from K and V: (B, C')."""
+    k = x @ wk + bk
+    v = x @ wv + bv
+    return (k * v).mean(dim=1)
+
+
+def gram_mean(x: Tensor, wk: Tensor, bk: Tensor, wv: Tensor, bv: Tensor) -> Tensor:
+    """The same m through the Gram matrix S = X^T X / N and the mean mu: (B, C')."""
+    n = x.shape[1]
+    gram = x.transpose(1, 2) @ x / n
+    mu = x.mean(dim=1)
+    quadratic = (wk * (gram @ wv)).sum(dim=1)
+    return quadratic + bk * (mu @ wv) + bv * (mu @ wk) + bk * bv
+
+
+def naive(x: Tensor, wq: Tensor, bq: Tensor, wk: Tensor, bk: Tensor,
+          wv: Tensor, bv: Tensor, wo: Tensor, bo: Tensor) -> Tensor:
+    """Paper order: projections, Hadamard product, average pool, broadcast product, output projection."""
+    m = poly_mean(x, wk, bk, wv, bv)
+    return ((x @ wq + bq) * m.unsqueeze(1)) @ wo + bo
+
+
+def folded(x: Tensor, wq: Tensor, bq: Tensor, wk: Tensor, bk: Tensor,
+           wv: Tensor, bv: Tensor, wo: Tensor, bo: Tensor) -> Tensor:
+    """Exact Gram form: P = X (Wq diag(m) Wo) + ((bq * m) Wo + bo), one C x C GEMM per item."""
+    m = gram_mean(x, wk, bk, wv, bv)
+    mixing = (wq.unsqueeze(0) * m.unsqueeze(1)) @ wo
+    shift = (bq * m) @ wo + bo
+    return x @ mixing + shift.unsqueeze(1)
+
+
+def prefers_unfolded(channels: int, inner: int) -> bool:
+    """True where computing K, V and the low-rank output beats the C x C Gram route."""
+    return inner <= UNFOLDED_MAX_RATIO * channels
+
+
+FORMS = {"naive": naive, "folded": folded}
