@@ -1,7 +1,7 @@
-"""Poly-NL forward forms on channels-last token matrices X of shape (B, N, C).
+"""Poly-NL forward forms on token matrices X of shape (B, N, C), or (B, C, N) with ``channels_first``.
 
 Weights are matrices: Wq, Wk, Wv are (C, C'), Wo is (C', C); biases are vectors.
-Both forms return the pre-norm output projection P = ((X Wq + bq) * m) Wo + bo.
+Both forms return the pre-norm output projection P = ((X Wq + bq) * m) Wo + bo in the layout of X.
 """
 
 import torch
@@ -17,11 +17,15 @@ def poly_mean(x: Tensor, wk: Tensor, bk: Tensor, wv: Tensor, bv: Tensor) -> Tens
     return (k * v).mean(dim=1)
 
 
-def gram_mean(x: Tensor, wk: Tensor, bk: Tensor, wv: Tensor, bv: Tensor) -> Tensor:
+def gram_mean(x: Tensor, wk: Tensor, bk: Tensor, wv: Tensor, bv: Tensor,
+              channels_first: bool = False) -> Tensor:
     """The same m through the Gram matrix S = X^T X / N and the mean mu: (B, C')."""
-    n = x.shape[1]
-    gram = x.transpose(1, 2) @ x / n
-    mu = x.mean(dim=1)
+    if channels_first:
+        gram = x @ x.transpose(1, 2) / x.shape[2]
+        mu = x.mean(dim=2)
+    else:
+        gram = x.transpose(1, 2) @ x / x.shape[1]
+        mu = x.mean(dim=1)
     quadratic = (wk * (gram @ wv)).sum(dim=1)
     return quadratic + bk * (mu @ wv) + bv * (mu @ wk) + bk * bv
 
@@ -34,17 +38,16 @@ def naive(x: Tensor, wq: Tensor, bq: Tensor, wk: Tensor, bk: Tensor,
 
 
 def folded(x: Tensor, wq: Tensor, bq: Tensor, wk: Tensor, bk: Tensor,
-           wv: Tensor, bv: Tensor, wo: Tensor, bo: Tensor) -> Tensor:
+           wv: Tensor, bv: Tensor, wo: Tensor, bo: Tensor, channels_first: bool = False) -> Tensor:
     """Exact Gram form: P = X (Wq diag(m) Wo) + ((bq * m) Wo + bo), one C x C GEMM per item."""
-    m = gram_mean(x, wk, bk, wv, bv)
+    m = gram_mean(x, wk, bk, wv, bv, channels_first)
     mixing = (wq.unsqueeze(0) * m.unsqueeze(1)) @ wo
     shift = (bq * m) @ wo + bo
+    if channels_first:
+        return mixing.transpose(1, 2) @ x + shift.unsqueeze(2)
     return x @ mixing + shift.unsqueeze(1)
 
 
 def prefers_unfolded(channels: int, inner: int) -> bool:
     """True where computing K, V and the low-rank output beats the C x C Gram route."""
     return inner <= UNFOLDED_MAX_RATIO * channels
-
-
-FORMS = {"naive": naive, "folded": folded}

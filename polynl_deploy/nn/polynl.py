@@ -76,8 +76,8 @@ class _PolyNLBase(nn.Module):
             projected = self._apply_norm(projected)
         return self.alpha * x + self.beta * projected
 
-    def _folded_projection(self, tokens: Tensor) -> Tensor:
-        return F.folded(tokens, *self.projection_weights().values())
+    def _folded_projection(self, x: Tensor, channels_first: bool) -> Tensor:
+        return F.folded(x, *self.projection_weights().values(), channels_first=channels_first)
 
     def extra_repr(self) -> str:
         return (f"channels={self.channels}, inner_channels={self.inner_channels}, "
@@ -110,9 +110,7 @@ class PolyNL2d(_PolyNLBase):
             m = (k * v).mean(dim=(2, 3), keepdim=True)
             projected = self.out(self.query(x) * m)
         else:
-            b, c, h, w = x.shape
-            tokens = x.reshape(b, c, h * w).transpose(1, 2)
-            projected = self._folded_projection(tokens).transpose(1, 2).reshape(b, c, h, w)
+            projected = self._folded_projection(x.flatten(2), channels_first=True).reshape(x.shape)
         return self._residual(x, projected)
 
 
@@ -146,5 +144,5 @@ class PolyNLTokens(_PolyNLBase):
             m = (k * v).mean(dim=1, keepdim=True)
             projected = self.out(self.query(x) * m)
         else:
-            projected = self._folded_projection(x)
+            projected = self._folded_projection(x, channels_first=False)
         return self._residual(x, projected)

@@ -1,0 +1,1 @@
+"""The ``polynl`` command line (typer): a thin shell over polynl_deploy."""

@@ -1,0 +1,153 @@
+"""``polynl``: each command builds a settings object and calls one library function.
+
+Imports of torch, onnx and onnxruntime happen inside the commands, so ``polynl --help``
+works on any machine. Errors of the toolkit exit with code 2, failed checks with code 1.
+"""
+
+import functools
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+
+app = typer.Typer(name="polynl", help="Deploy Poly-NL models: export to ONNX, run, validate, inspect.",
+                  no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
+console = Console()
+err_console = Console(stderr=True)
+
+EXIT_FAILED_CHECK = 1
+EXIT_BAD_INPUT = 2
+
+
+def handles_errors(command):
+    """Turn PolyNLError into a one-line message on stderr and exit code 2."""
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        from polynl_deploy.errors import PolyNLError
+        try:
+            return command(*args, **kwargs)
+        except PolyNLError as exc:
+            err_console.print(f"[bold red]error[/] ({type(exc).__name__}): {exc}", highlight=False)
+            raise typer.Exit(EXIT_BAD_INPUT) from None
+    return wrapper
+
+
+def _shapes(values: Optional[list[str]]):
+    from polynl_deploy.sources import parse_shape
+    return [parse_shape(v) for v in values] if values else None
+
+
+def _per_output(values: Optional[list[str]]) -> dict[str, tuple[float, float]]:
+    """'name:atol:rtol' -> {name: (atol, rtol)}."""
+    from polynl_deploy.errors import PolyNLError
+    result = {}
+    for value in values or []:
+        name, _, rest = value.partition(":")
+        atol, _, rtol = rest.partition(":")
+        try:
+            result[name] = (float(atol), float(rtol))
+        except ValueError:
+            raise PolyNLError(f"bad --tolerance {value!r}: expected OUTPUT:ATOL:RTOL") from None
+    return result
+
+
+SourceArg = Annotated[str, typer.Argument(help="package.module:factory, or a zoo name (see `polynl models`)")]
+CheckpointOpt = Annotated[Optional[Path], typer.Option(
+    "--checkpoint", "-c", help="weights: .safetensors, or a torch state_dict (loaded with weights_only=True)")]
+
+
+@app.command()
+@handles_errors
+def export(
+    source: SourceArg,
+    output: Annotated[Path, typer.Option("--output", "-o", help="ONNX file to write")],
+    checkpoint: CheckpointOpt = None,
+    input_shape: Annotated[Optional[list[str]], typer.Option(
+        "--input-shape", help="example input shape with batch, e.g. 1x3x224x224 (repeat per input)")] = None,
+    opset: Annotated[Optional[int], typer.Option(help="default-domain ONNX opset")] = None,
+    mode: Annotated[str, typer.Option(help="custom-op (one PolyNL node per block) or standard-ops")] = "custom-op",
+    static: Annotated[bool, typer.Option("--static", help="fix every dimension to the example shape")] = False,
+):
+    """Export a model to ONNX; every Poly-NL block becomes one polynl::PolyNL node."""
+    from polynl_deploy import defaults
+    from polynl_deploy.settings import ExportSettings
+    from polynl_deploy.workflows import run_export
+
+    result = run_export(ExportSettings(source, output, checkpoint, _shapes(input_shape), opset or defaults.OPSET,
+                                       mode, dynamic=not static))
+    console.print(f"wrote [bold]{result.path}[/] ({result.mode}, opset {result.opset}, "
+                  f"{len(result.blocks)} Poly-NL block(s))")
+    for block in result.blocks:
+        console.print(f"  {block.module}: {block.layout}, C={block.channels}, C'={block.inner_channels}, "
+                      f"function body: {block.form}")
+
+
+@app.command()
+@handles_errors
+def validate(
+    onnx_path: Annotated[Path, typer.Argument(help="exported ONNX file")],
+    source: Annotated[Optional[str], typer.Option(help="the PyTorch model (reference), as for export")] = None,
+    checkpoint: CheckpointOpt = None,
+    backends: Annotated[str, typer.Option(help="comma-separated; the first is the reference")] = "eager,ort",
+    seed: int = 0,
+    atol: Annotated[Optional[float], typer.Option(help="absolute tolerance for every output")] = None,
+    rtol: Annotated[Optional[float], typer.Option(help="relative tolerance for every output")] = None,
+    tolerance: Annotated[Optional[list[str]], typer.Option(help="per output: NAME:ATOL:RTOL")] = None,
+    report: Annotated[Optional[Path], typer.Option(help="write the JSON report here")] = None,
+    save_inputs: Annotated[Optional[Path], typer.Option(help="save the inputs used (.npz)")] = None,
+    load_inputs: Annotated[Optional[Path], typer.Option(help="use inputs saved with --save-inputs")] = None,
+):
+    """Run the same inputs through several backends and compare every output."""
+    from polynl_deploy.settings import ValidateSettings
+    from polynl_deploy.validation import render
+    from polynl_deploy.workflows import run_validate
+
+    settings = ValidateSettings(onnx_path, source, checkpoint, tuple(b.strip() for b in backends.split(",")),
+                                seed, atol, rtol, _per_output(tolerance), report, save_inputs, load_inputs)
+    result = run_validate(settings)
+    render(result, console)
+    if not result.passed:
+        raise typer.Exit(EXIT_FAILED_CHECK)
+
+
+@app.command()
+@handles_errors
+def inspect(
+    onnx_path: Annotated[Path, typer.Argument(help="ONNX file")],
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON instead of tables")] = False,
+):
+    """Show PolyNL nodes, opsets, functions, and whether the file is ready for the TensorRT plugin."""
+    from polynl_deploy.inspection import inspect_model, render, to_json
+
+    summary = inspect_model(onnx_path)
+    if as_json:
+        print(to_json(summary))
+    else:
+        render(summary, console)
+
+
+@app.command()
+def doctor(as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False):
+    """Versions and capabilities of this machine: torch, onnx, ONNX Runtime providers, GPU, TensorRT."""
+    from polynl_deploy.features import detect, render
+
+    found = detect()
+    if as_json:
+        from dataclasses import asdict
+        print(json.dumps({**asdict(found), "ort_cuda": found.ort_cuda,
+                          "tensorrt_runtime": found.tensorrt_runtime}, default=str, indent=2))
+    else:
+        render(found, console)
+    if found.problems:
+        raise typer.Exit(EXIT_FAILED_CHECK)
+
+
+def main() -> None:
+    app(prog_name="polynl")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

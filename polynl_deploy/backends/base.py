@@ -1,0 +1,55 @@
+"""Runner interface shared by every backend: ``infer(feed) -> outputs`` with checked inputs."""
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+import numpy as np
+
+from polynl_deploy.errors import InputError
+
+Dim = int | str | None  # int: fixed; str/None: dynamic
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    dtype: str  # numpy dtype name, e.g. "float32"
+    shape: tuple[Dim, ...]
+
+    def check(self, array: np.ndarray, backend: str) -> None:
+        if str(array.dtype) != self.dtype:
+            raise InputError(f"{backend}: input {self.name!r} expects dtype {self.dtype}, got {array.dtype}")
+        if array.ndim != len(self.shape) or any(
+                isinstance(want, int) and want != got for want, got in zip(self.shape, array.shape)):
+            raise InputError(f"{backend}: input {self.name!r} expects shape {format_shape(self.shape)}, "
+                             f"got {tuple(array.shape)}")
+
+
+def format_shape(shape) -> str:
+    return "(" + ", ".join(str(d) if d is not None else "?" for d in shape) + ")"
+
+
+class Runner(ABC):
+    """A loaded backend. ``infer`` checks names, dtypes and shapes before running."""
+
+    name: str
+
+    @property
+    @abstractmethod
+    def input_specs(self) -> list[TensorSpec]: ...
+
+    @property
+    @abstractmethod
+    def output_names(self) -> list[str]: ...
+
+    def infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        specs = self.input_specs
+        expected = [s.name for s in specs]
+        if sorted(feed) != sorted(expected):
+            raise InputError(f"{self.name}: expected inputs {expected}, got {sorted(feed)}")
+        for spec in specs:
+            spec.check(np.asarray(feed[spec.name]), self.name)
+        return self._infer({k: np.ascontiguousarray(v) for k, v in feed.items()})
+
+    @abstractmethod
+    def _infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...

@@ -1,0 +1,1 @@
+"""ONNX export: the PolyNL custom op, its schema and function body."""

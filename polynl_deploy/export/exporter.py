@@ -1,0 +1,260 @@
+"""export_onnx: a PyTorch model with Poly-NL blocks to ONNX, one PolyNL node per block."""
+
+import copy
+import json
+import logging
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Literal, Sequence
+
+import onnx
+import torch
+from torch import nn
+
+from polynl_deploy import __version__, contract, defaults
+from polynl_deploy.errors import ExportError
+from polynl_deploy.export.function_body import build_function
+from polynl_deploy.export.schema import register_schema
+from polynl_deploy.io import atomic_path
+from polynl_deploy.nn import POLYNL_BLOCKS
+from polynl_deploy.nn.functional import prefers_unfolded
+
+Mode = Literal["custom-op", "standard-ops"]
+MODES = ("custom-op", "standard-ops")
+
+
+@dataclass(frozen=True)
+class BlockInfo:
+    """One exported Poly-NL block."""
+    module: str
+    layout: str
+    channels: int
+    inner_channels: int
+    form: str  # the form the function body uses: "folded" or "unfolded"
+
+
+@dataclass
+class ExportResult:
+    path: Path
+    mode: str
+    opset: int
+    blocks: list[BlockInfo] = field(default_factory=list)
+    inputs: list[dict] = field(default_factory=list)
+    outputs: list[dict] = field(default_factory=list)
+
+
+_MODULE_KEY = "polynl_deploy.module"
+
+
+class PolyNLNode(nn.Module):
+    """Stand-in for a block during export: emits one polynl::PolyNL node with folded weights."""
+
+    def __init__(self, block: nn.Module, module_name: str) -> None:
+        super().__init__()
+        self.module_name = module_name
+        for name, tensor in block.folded_weights().items():
+            self.register_buffer(name, tensor)
+        self.alpha = float(block.alpha.detach())
+        self.layout = block.layout
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weights = tuple(getattr(self, name) for name in contract.INPUT_NAMES[1:])
+        return torch.onnx.ops.symbolic(
+            f"{contract.DOMAIN}::{contract.OP_TYPE}", (x, *weights),
+            attrs={"alpha": self.alpha, "layout": self.layout,
+                   "plugin_namespace": contract.PLUGIN_NAMESPACE, "plugin_version": contract.PLUGIN_VERSION},
+            dtype=x.dtype, shape=x.shape, version=contract.OP_VERSION,
+            metadata_props={_MODULE_KEY: self.module_name})
+
+
+def replace_blocks(model: nn.Module) -> tuple[nn.Module, list[BlockInfo]]:
+    """A copy of ``model`` with every Poly-NL block swapped for a PolyNLNode."""
+    model = copy.deepcopy(model).eval()
+    blocks: list[BlockInfo] = []
+
+    def info(name: str, block: nn.Module) -> BlockInfo:
+        form = "unfolded" if prefers_unfolded(block.channels, block.inner_channels) else "folded"
+        return BlockInfo(name or "<root>", block.layout, block.channels, block.inner_channels, form)
+
+    if isinstance(model, POLYNL_BLOCKS):
+        return PolyNLNode(model, "<root>"), [info("", model)]
+    for name, module in list(model.named_modules()):
+        if isinstance(module, POLYNL_BLOCKS) and not any(name.startswith(b.module + ".") for b in blocks):
+            parent_name, _, child = name.rpartition(".")
+            parent = model.get_submodule(parent_name) if parent_name else model
+            setattr(parent, child, PolyNLNode(module, name))
+            blocks.append(info(name, module))
+    return model, blocks
+
+
+_AXIS_NAMES = {4: {0: "batch", 2: "height", 3: "width"}, 3: {0: "batch", 1: "tokens"}, 2: {0: "batch"}}
+
+
+def dynamic_axes_for(example_inputs: Sequence[torch.Tensor]) -> list[dict[int, str]]:
+    """Dynamic axes by rank: batch for all; H, W for 4-D maps; N for 3-D token sequences."""
+    return [dict(_AXIS_NAMES.get(t.dim(), {0: "batch"})) for t in example_inputs]
+
+
+def _check_example_inputs(example_inputs) -> tuple[torch.Tensor, ...]:
+    if isinstance(example_inputs, torch.Tensor):
+        example_inputs = (example_inputs,)
+    example_inputs = tuple(example_inputs)
+    if not example_inputs or not all(isinstance(t, torch.Tensor) for t in example_inputs):
+        raise ExportError("example_inputs must be a tensor or a non-empty tuple of tensors")
+    return example_inputs
+
+
+def _torch_export(model: nn.Module, inputs: tuple[torch.Tensor, ...], opset: int,
+                  axes: list[dict[int, str]] | None) -> onnx.ModelProto:
+    dynamic_shapes = None
+    if axes is not None:
+        dynamic_shapes = tuple({i: torch.export.Dim.AUTO for i in a} for a in axes)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+            program = torch.onnx.export(model, inputs, dynamo=True, opset_version=opset,
+                                        dynamic_shapes=dynamic_shapes, optimize=True, verbose=False,
+                                        report=False)
+    except Exception as exc:
+        raise ExportError(f"torch.onnx.export failed for {type(model).__name__}: {exc}") from exc
+    return program.model_proto
+
+
+def _rename_dims(model: onnx.ModelProto, axes: list[dict[int, str]]) -> None:
+    """Give symbolic dims readable names (batch, height, width, tokens) everywhere they appear."""
+    mapping: dict[str, str] = {}
+    for value, names in zip(model.graph.input, axes):
+        for axis, name in names.items():
+            dim = value.type.tensor_type.shape.dim[axis]
+            if dim.dim_param and dim.dim_param not in mapping:
+                mapping[dim.dim_param] = name if name not in mapping.values() else f"{name}_{len(mapping)}"
+    for value in [*model.graph.input, *model.graph.output, *model.graph.value_info]:
+        for dim in value.type.tensor_type.shape.dim:
+            if dim.dim_param in mapping:
+                dim.dim_param = mapping[dim.dim_param]
+
+
+def _name_polynl_nodes(model: onnx.ModelProto) -> None:
+    """Name each PolyNL node after the module it replaces: ``PolyNL/<module path>``."""
+    for node in model.graph.node:
+        if node.op_type == contract.OP_TYPE and node.domain == contract.DOMAIN:
+            module = next((p.value for p in node.metadata_props if p.key == _MODULE_KEY), None)
+            if module:
+                node.name = f"{contract.OP_TYPE}/{module}"
+
+
+def _name_outputs(model: onnx.ModelProto) -> None:
+    """Name graph outputs ``output`` (or ``output_0``, ``output_1``, ...) instead of exporter temporaries."""
+    outputs = model.graph.output
+    names = ["output"] if len(outputs) == 1 else [f"output_{i}" for i in range(len(outputs))]
+    for value, new in zip(outputs, names):
+        old = value.name
+        if old == new or any(i.name == old for i in model.graph.input):
+            continue
+        for node in model.graph.node:
+            node.output[:] = [new if o == old else o for o in node.output]
+            node.input[:] = [new if i == old else i for i in node.input]
+        for info in model.graph.value_info:
+            if info.name == old:
+                info.name = new
+        value.name = new
+
+
+def _drop_unused_initializers(model: onnx.ModelProto) -> None:
+    used = {i for n in model.graph.node for i in n.input} | {o.name for o in model.graph.output}
+    kept = [t for t in model.graph.initializer if t.name in used]
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(kept)
+
+
+def tensor_specs(values) -> list[dict]:
+    specs = []
+    for v in values:
+        t = v.type.tensor_type
+        shape = [d.dim_param or d.dim_value for d in t.shape.dim]
+        specs.append({"name": v.name, "dtype": onnx.helper.tensor_dtype_to_np_dtype(t.elem_type).name,
+                      "shape": shape})
+    return specs
+
+
+def attach_function(model: onnx.ModelProto) -> None:
+    """Add (or replace) the model-local PolyNL function matching the model's default opset."""
+    opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+    kept = [f for f in model.functions if not (f.domain == contract.DOMAIN and f.name == contract.OP_TYPE)]
+    del model.functions[:]
+    model.functions.extend([*kept, build_function(opset)])
+    if not any(o.domain == contract.DOMAIN for o in model.opset_import):
+        model.opset_import.append(onnx.helper.make_opsetid(contract.DOMAIN, contract.OP_VERSION))
+
+
+def to_standard_ops(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Inline the PolyNL function bodies and fold the constant branches: default-domain ops only."""
+    import onnxscript.optimizer
+    from onnx.inliner import inline_local_functions
+
+    inlined = inline_local_functions(model)
+    optimized = onnxscript.optimizer.optimize(inlined)
+    kept = [o for o in optimized.opset_import if o.domain != contract.DOMAIN]
+    del optimized.opset_import[:]
+    optimized.opset_import.extend(kept)
+    _drop_unused_initializers(optimized)
+    leftover = {n.domain for n in optimized.graph.node if n.domain not in ("", "ai.onnx")}
+    if leftover:
+        raise ExportError(f"standard-ops export still has nodes of domains {sorted(leftover)}")
+    return optimized
+
+
+def check_model(model: onnx.ModelProto, where: str) -> onnx.ModelProto:
+    """Full onnx checker plus strict shape inference; returns the model with inferred shapes."""
+    register_schema()
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
+        onnx.checker.check_model(inferred, full_check=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
+        raise ExportError(f"{where}: exported model fails the ONNX checker: {exc}") from exc
+    return inferred
+
+
+def export_onnx(model: nn.Module, example_inputs, path, *, dynamic: bool = True, opset: int | None = None,
+                mode: Mode = "custom-op", source: str | None = None) -> ExportResult:
+    """Export ``model`` to ONNX at ``path``, each Poly-NL block as one polynl::PolyNL node.
+
+    ``mode="custom-op"`` keeps the PolyNL nodes (with a model-local function body so any ONNX
+    runtime can run them); ``mode="standard-ops"`` inlines them into default-domain ops.
+    """
+    if mode not in MODES:
+        raise ExportError(f"mode must be one of {MODES}, got {mode!r}")
+    opset = opset or defaults.OPSET
+    inputs = _check_example_inputs(example_inputs)
+    register_schema()
+    export_model, blocks = replace_blocks(model)
+    axes = dynamic_axes_for(inputs) if dynamic else None
+    proto = _torch_export(export_model, inputs, opset, axes)
+    if axes is not None:
+        _rename_dims(proto, axes)
+    _name_outputs(proto)
+    _name_polynl_nodes(proto)
+    if blocks:
+        attach_function(proto)
+    if mode == "standard-ops" and blocks:
+        proto = to_standard_ops(proto)
+    result = ExportResult(Path(path), mode, opset, blocks, tensor_specs(proto.graph.input),
+                          tensor_specs(proto.graph.output))
+    metadata = {
+        "polynl_deploy.version": __version__,
+        "polynl_deploy.source": source or f"{type(model).__module__}.{type(model).__qualname__}",
+        "polynl_deploy.mode": mode,
+        "polynl_deploy.opset": str(opset),
+        "polynl_deploy.inputs": json.dumps(result.inputs),
+        "polynl_deploy.example_shapes": json.dumps([list(t.shape) for t in inputs]),
+        "polynl_deploy.outputs": json.dumps(result.outputs),
+        "polynl_deploy.blocks": json.dumps([asdict(b) for b in blocks]),
+    }
+    onnx.helper.set_model_props(proto, {**{p.key: p.value for p in proto.metadata_props}, **metadata})
+    proto.producer_name, proto.producer_version = "polynl-deploy", __version__
+    check_model(proto, str(path))
+    with atomic_path(path) as tmp:
+        onnx.save_model(proto, str(tmp))
+    return result

@@ -1,0 +1,71 @@
+"""Model SOURCEs: ``package.module:factory`` or a zoo name, plus an optional checkpoint."""
+
+import importlib
+import re
+from dataclasses import dataclass
+
+import torch
+
+from polynl_deploy.errors import SourceError
+from polynl_deploy.io import apply_state_dict, load_state_dict
+
+Shape = tuple[int, ...]
+
+
+@dataclass
+class LoadedSource:
+    model: torch.nn.Module
+    name: str
+    input_shapes: list[Shape] | None  # with batch; None when the source does not say
+
+    def example_inputs(self, input_shapes: list[Shape] | None = None, seed: int = 0) -> tuple[torch.Tensor, ...]:
+        shapes = input_shapes or self.input_shapes
+        if not shapes:
+            raise SourceError(f"{self.name}: no default input shape known; give --input-shape (e.g. 1x3x224x224)")
+        generator = torch.Generator().manual_seed(seed)
+        return tuple(torch.randn(*s, generator=generator) for s in shapes)
+
+
+def parse_shape(text: str) -> Shape:
+    """'1x3x224x224' or '1,3,224,224' -> (1, 3, 224, 224)."""
+    parts = re.split(r"[x,]", text.strip().lower())
+    if not parts or not all(p.strip().isdigit() and int(p) > 0 for p in parts):
+        raise SourceError(f"bad input shape {text!r}: expected positive integers like 1x3x224x224")
+    return tuple(int(p) for p in parts)
+
+
+def _from_factory(source: str) -> tuple[torch.nn.Module, list[Shape] | None]:
+    module_name, _, attr = source.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise SourceError(f"source {source!r}: cannot import module {module_name!r} ({exc})") from exc
+    factory = getattr(module, attr, None)
+    if factory is None or not callable(factory):
+        raise SourceError(f"source {source!r}: module {module_name!r} has no callable {attr!r}")
+    model = factory()
+    if not isinstance(model, torch.nn.Module):
+        raise SourceError(f"source {source!r}: {attr}() returned {type(model).__name__}, not a torch.nn.Module")
+    shape = getattr(model, "default_input_shape", None) or getattr(factory, "default_input_shape", None)
+    return model, ([tuple(shape)] if shape else None)
+
+
+def _from_zoo(name: str, with_pretrained: bool) -> tuple[torch.nn.Module, list[Shape] | None]:
+    try:
+        from polynl_models import registry
+    except ImportError as exc:
+        raise SourceError(f"source {name!r}: not module:factory, and the model zoo is not installed") from exc
+    spec = registry.get_spec(name)  # raises SourceError with close matches
+    model = registry.load_pretrained(name) if with_pretrained and spec.checkpoint else registry.build_model(name)
+    return model, [(1, *spec.input_shape)]
+
+
+def load_source(source: str, checkpoint=None) -> LoadedSource:
+    """Build the model named by ``source`` in eval mode; load ``checkpoint`` strictly if given."""
+    if ":" in source:
+        model, shapes = _from_factory(source)
+    else:
+        model, shapes = _from_zoo(source, with_pretrained=checkpoint is None)
+    if checkpoint is not None:
+        apply_state_dict(model, load_state_dict(checkpoint), str(checkpoint))
+    return LoadedSource(model.eval(), source, shapes)
