@@ -45,6 +45,7 @@ class ExportResult:
 
 
 _MODULE_KEY = "polynl_deploy.module"
+_INLINE_DOMAIN = "polynl.inline"
 
 
 class PolyNLNode(nn.Module):
@@ -190,13 +191,31 @@ def attach_function(model: onnx.ModelProto) -> None:
 
 
 def to_standard_ops(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Inline the PolyNL function bodies and fold the constant branches: default-domain ops only."""
+    """Replace every PolyNL node by its body, specialized for the node's layout and form (no If left)."""
     import onnxscript.optimizer
     from onnx.inliner import inline_local_functions
 
-    inlined = inline_local_functions(model)
-    optimized = onnxscript.optimizer.optimize(inlined)
-    kept = [o for o in optimized.opset_import if o.domain != contract.DOMAIN]
+    model = copy.deepcopy(model)
+    opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+    initializers = {t.name: t for t in model.graph.initializer}
+    specialized: dict[str, onnx.FunctionProto] = {}
+    for node in model.graph.node:
+        if node.domain != contract.DOMAIN or node.op_type != contract.OP_TYPE:
+            continue
+        layout = next((a.s.decode() for a in node.attribute if a.name == "layout"), contract.LAYOUT_MAPS)
+        wq = initializers.get(node.input[1])
+        if wq is None:
+            raise ExportError(f"node {node.name!r}: Wq is not an initializer; cannot pick the body form")
+        unfolded = prefers_unfolded(wq.dims[0], wq.dims[1])
+        name = f"{contract.OP_TYPE}_{layout}_{'unfolded' if unfolded else 'folded'}"
+        if name not in specialized:
+            specialized[name] = build_function(opset, layout, unfolded, name=name, domain=_INLINE_DOMAIN)
+        node.op_type, node.domain = name, _INLINE_DOMAIN
+    del model.functions[:]
+    model.functions.extend(specialized.values())
+    model.opset_import.append(onnx.helper.make_opsetid(_INLINE_DOMAIN, 1))
+    optimized = onnxscript.optimizer.optimize(inline_local_functions(model))
+    kept = [o for o in optimized.opset_import if o.domain not in (contract.DOMAIN, _INLINE_DOMAIN)]
     del optimized.opset_import[:]
     optimized.opset_import.extend(kept)
     _drop_unused_initializers(optimized)

@@ -35,6 +35,12 @@ class _Block:
         tensor = helper.make_tensor(f"{self.prefix}c{self._count + 1}", dtype, [len(values)], values)
         return self.op("Constant", value=tensor)
 
+    def branch(self, prefix: str, build) -> "_Block":
+        """A new block for an If branch; ``build(block)`` fills it and returns its output name."""
+        child = _Block(prefix)
+        child.output = build(child)
+        return child
+
     def graph(self, name: str, output: str) -> onnx.GraphProto:
         # Branch outputs take the type of their producer; rank and dtype vary with the call site.
         return helper.make_graph(self.nodes, name, [], [onnx.ValueInfoProto(name=output)])
@@ -62,8 +68,7 @@ def _mixing(b: _Block, gram: str, mean: str, w: dict[str, str], alpha: str, eye:
     return mixing, shift
 
 
-def _folded_maps(w, x32, xr, alpha, eye) -> onnx.GraphProto:
-    b = _Block("fm_")
+def _folded_maps(b: _Block, w, x32, xr, alpha, eye) -> str:
     gram_sum = b.op("MatMul", x32, b.op("Transpose", x32, perm=[0, 2, 1]))
     n = b.op("Cast", b.op("Shape", x32, start=2, end=3), to=FLOAT)
     gram = b.op("Div", gram_sum, n)
@@ -71,11 +76,10 @@ def _folded_maps(w, x32, xr, alpha, eye) -> onnx.GraphProto:
     mixing, shift = _mixing(b, gram, mean, w, alpha, eye)
     mixing_t = b.op("CastLike", b.op("Transpose", mixing, perm=[0, 2, 1]), xr)
     out = b.op("Add", b.op("MatMul", mixing_t, xr), b.op("CastLike", b.op("Unsqueeze", shift, b.const(2)), xr))
-    return b.graph("folded_maps", out)
+    return out
 
 
-def _unfolded_maps(w, x32, xr, alpha, xr_dtype_alpha) -> onnx.GraphProto:
-    b = _Block("um_")
+def _unfolded_maps(b: _Block, w, x32, xr, alpha, xr_dtype_alpha) -> str:
 
     def project(weight: str, bias: str, source: str) -> str:
         return b.op("Add", b.op("MatMul", b.op("Transpose", weight, perm=[1, 0]), source),
@@ -88,11 +92,10 @@ def _unfolded_maps(w, x32, xr, alpha, xr_dtype_alpha) -> onnx.GraphProto:
     z = b.op("Mul", project(wq, bq, xr), b.op("CastLike", m, xr))
     projected = project(wo, bo, z)
     out = b.op("Add", b.op("Mul", xr_dtype_alpha, xr), projected)
-    return b.graph("unfolded_maps", out)
+    return out
 
 
-def _folded_tokens(w, x32, x, alpha, eye) -> onnx.GraphProto:
-    b = _Block("ft_")
+def _folded_tokens(b: _Block, w, x32, x, alpha, eye) -> str:
     gram_sum = b.op("MatMul", b.op("Transpose", x32, perm=[0, 2, 1]), x32)
     n = b.op("Cast", b.op("Shape", x32, start=1, end=2), to=FLOAT)
     gram = b.op("Div", gram_sum, n)
@@ -100,11 +103,10 @@ def _folded_tokens(w, x32, x, alpha, eye) -> onnx.GraphProto:
     mixing, shift = _mixing(b, gram, mean, w, alpha, eye)
     out = b.op("Add", b.op("MatMul", x, b.op("CastLike", mixing, x)),
                b.op("CastLike", b.op("Unsqueeze", shift, b.const(1)), x))
-    return b.graph("folded_tokens", out)
+    return out
 
 
-def _unfolded_tokens(w, x32, x, alpha, x_dtype_alpha) -> onnx.GraphProto:
-    b = _Block("ut_")
+def _unfolded_tokens(b: _Block, w, x32, x, alpha, x_dtype_alpha) -> str:
     keys = b.op("Add", b.op("MatMul", x32, w["Wk"]), w["bk"])
     values = b.op("Add", b.op("MatMul", x32, w["Wv"]), w["bv"])
     m = b.op("ReduceMean", b.op("Mul", keys, values), b.const(1), keepdims=1)
@@ -112,46 +114,64 @@ def _unfolded_tokens(w, x32, x, alpha, x_dtype_alpha) -> onnx.GraphProto:
     z = b.op("Mul", query, b.op("CastLike", m, x))
     projected = b.op("Add", b.op("MatMul", z, b.op("CastLike", w["Wo"], x)), b.op("CastLike", w["bo"], x))
     out = b.op("Add", b.op("Mul", x_dtype_alpha, x), projected)
-    return b.graph("unfolded_tokens", out)
+    return out
 
 
-def build_function(opset: int) -> onnx.FunctionProto:
-    """FunctionProto polynl::PolyNL(X, Wq, bq, Wk, bk, Wv, bv, Wo, bo) -> Y with attributes alpha, layout."""
-    top = _Block("")
+def _body(top: _Block, layout: str | None, unfolded: bool | None) -> str:
+    """Nodes of the block into ``top``; None for layout/unfolded means: decide at run time with If."""
     w = {name: top.op("Cast", name, to=FLOAT) for name in contract.INPUT_NAMES[1:]}
     x = contract.INPUT_NAMES[0]
     alpha = _attribute_constant(top, "alpha", "float")
-    layout = _attribute_constant(top, "layout", "string")
-    is_maps = top.op("Equal", layout, top.op("Constant", value_string=contract.LAYOUT_MAPS))
     channels = top.op("Shape", "Wq", start=0, end=1)
-    inner = top.op("Shape", "Wq", start=1, end=2)
-    ratio = round(1 / UNFOLDED_MAX_RATIO)
-    use_unfolded = top.op("LessOrEqual", top.op("Mul", inner, top.const(ratio)), channels)
     eye = top.op("EyeLike", top.op("ConstantOfShape", top.op("Concat", channels, channels, axis=0),
                                    value=helper.make_tensor("zero", FLOAT, [1], [0.0])))
     x_alpha = top.op("CastLike", alpha, x)
+    if unfolded is None:
+        inner = top.op("Shape", "Wq", start=1, end=2)
+        ratio = round(1 / UNFOLDED_MAX_RATIO)
+        use_unfolded = top.op("LessOrEqual", top.op("Mul", inner, top.const(ratio)), channels)
 
-    # maps: flatten (B, C, H, W) to (B, C, N) and back; tokens use X as it is.
-    maps = _Block("maps_")
-    flat_shape = maps.op("Concat", maps.op("Shape", x, start=0, end=2), maps.const(-1), axis=0)
-    xr = maps.op("Reshape", x, flat_shape)
-    xr32 = maps.op("Cast", xr, to=FLOAT)
-    maps_flat = maps.op("If", use_unfolded,
-                        then_branch=_unfolded_maps(w, xr32, xr, alpha, x_alpha),
-                        else_branch=_folded_maps(w, xr32, xr, alpha, eye))
-    maps_out = maps.op("Reshape", maps_flat, maps.op("Shape", x))
+    def choose(b: _Block, prefix: str, unfolded_form, folded_form) -> str:
+        if unfolded is not None:
+            return unfolded_form(b) if unfolded else folded_form(b)
+        then_b, else_b = b.branch(prefix + "u_", unfolded_form), b.branch(prefix + "f_", folded_form)
+        return b.op("If", use_unfolded, then_branch=then_b.graph("unfolded", then_b.output),
+                    else_branch=else_b.graph("folded", else_b.output))
 
-    tokens = _Block("tokens_")
-    x32 = tokens.op("Cast", x, to=FLOAT)
-    tokens_out = tokens.op("If", use_unfolded,
-                           then_branch=_unfolded_tokens(w, x32, x, alpha, x_alpha),
-                           else_branch=_folded_tokens(w, x32, x, alpha, eye))
+    def maps(b: _Block) -> str:
+        # flatten (B, C, H, W) to (B, C, N) and back
+        xr = b.op("Reshape", x, b.op("Concat", b.op("Shape", x, start=0, end=2), b.const(-1), axis=0))
+        xr32 = b.op("Cast", xr, to=FLOAT)
+        flat = choose(b, "m", lambda c: _unfolded_maps(c, w, xr32, xr, alpha, x_alpha),
+                      lambda c: _folded_maps(c, w, xr32, xr, alpha, eye))
+        return b.op("Reshape", flat, b.op("Shape", x))
 
-    top.nodes.append(helper.make_node(
-        "If", [is_maps], [contract.OUTPUT_NAMES[0]],
-        then_branch=maps.graph("maps", maps_out), else_branch=tokens.graph("tokens", tokens_out)))
+    def tokens(b: _Block) -> str:
+        x32 = b.op("Cast", x, to=FLOAT)
+        return choose(b, "t", lambda c: _unfolded_tokens(c, w, x32, x, alpha, x_alpha),
+                      lambda c: _folded_tokens(c, w, x32, x, alpha, eye))
+
+    if layout is not None:
+        return maps(top) if layout == contract.LAYOUT_MAPS else tokens(top)
+    layout_value = _attribute_constant(top, "layout", "string")
+    is_maps = top.op("Equal", layout_value, top.op("Constant", value_string=contract.LAYOUT_MAPS))
+    maps_b, tokens_b = top.branch("maps_", maps), top.branch("tokens_", tokens)
+    return top.op("If", is_maps, then_branch=maps_b.graph("maps", maps_b.output),
+                  else_branch=tokens_b.graph("tokens", tokens_b.output))
+
+
+def build_function(opset: int, layout: str | None = None, unfolded: bool | None = None,
+                   name: str = contract.OP_TYPE, domain: str = contract.DOMAIN) -> onnx.FunctionProto:
+    """FunctionProto polynl::PolyNL(X, Wq, bq, Wk, bk, Wv, bv, Wo, bo) -> Y with attributes alpha, layout.
+
+    Without ``layout``/``unfolded`` the body serves every block (If nodes decide); with them it is
+    specialized for one block and holds no If (used to inline blocks into standard ops).
+    """
+    top = _Block("")
+    out = _body(top, layout, unfolded)
+    top.nodes.append(helper.make_node("Identity", [out], [contract.OUTPUT_NAMES[0]]))
     return helper.make_function(
-        contract.DOMAIN, contract.OP_TYPE, list(contract.INPUT_NAMES), list(contract.OUTPUT_NAMES),
+        domain, name, list(contract.INPUT_NAMES), list(contract.OUTPUT_NAMES),
         top.nodes, [helper.make_opsetid("", opset)],
         attributes=["alpha", "layout"],
         doc_string=__doc__.split("\n\n")[0],

@@ -1,0 +1,192 @@
+"""export_onnx: custom-op and standard-ops files, checked by ONNX Runtime, onnx's reference runtime and checker."""
+
+import json
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from onnx.reference import ReferenceEvaluator
+
+import fixture_models
+from conftest import randomize
+from polynl_deploy import contract, export_onnx
+from polynl_deploy.errors import ExportError
+from polynl_deploy.export.schema import register_schema
+from polynl_deploy.nn import PolyNL2d, PolyNLTokens
+
+
+def ort_run(path, x: np.ndarray) -> np.ndarray:
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return session.run(None, {session.get_inputs()[0].name: x})[0]
+
+
+def eager(model, x: np.ndarray) -> np.ndarray:
+    with torch.no_grad():
+        return model(torch.from_numpy(x)).numpy()
+
+
+def polynl_nodes(model: onnx.ModelProto) -> list[onnx.NodeProto]:
+    return [n for n in model.graph.node if n.domain == contract.DOMAIN and n.op_type == contract.OP_TYPE]
+
+
+@pytest.fixture(scope="module")
+def two_block(tmp_path_factory):
+    model = fixture_models.two_block_net()
+    path = tmp_path_factory.mktemp("export") / "two_block.onnx"
+    result = export_onnx(model, torch.randn(*model.default_input_shape), path)
+    return model, path, result
+
+
+def test_each_block_is_one_custom_node(two_block):
+    _, path, result = two_block
+    proto = onnx.load(str(path))
+    nodes = polynl_nodes(proto)
+    assert [n.name for n in nodes] == ["PolyNL/block1", "PolyNL/block2"]
+    assert [b.form for b in result.blocks] == ["folded", "unfolded"]
+    for node in nodes:
+        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+        assert attrs["layout"] == b"maps"
+        assert attrs["plugin_namespace"] == contract.PLUGIN_NAMESPACE.encode()
+        assert attrs["plugin_version"] == contract.PLUGIN_VERSION.encode()
+        assert isinstance(attrs["alpha"], float)
+        assert len(node.input) == len(contract.INPUT_NAMES)
+    # the stems, casts etc. never absorb the block: no MatMul/ReduceMean outside the function
+    assert not {"MatMul", "ReduceMean", "Einsum"} & {n.op_type for n in proto.graph.node}
+    assert [f"{f.domain}::{f.name}" for f in proto.functions] == ["polynl::PolyNL"]
+    assert {o.domain: o.version for o in proto.opset_import}[contract.DOMAIN] == contract.OP_VERSION
+
+
+def test_weights_are_folded_with_expected_shapes(two_block):
+    model, path, _ = two_block
+    proto = onnx.load(str(path))
+    initializers = {t.name: onnx.numpy_helper.to_array(t) for t in proto.graph.initializer}
+    node = polynl_nodes(proto)[0]
+    shapes = {name: initializers[value].shape for name, value in zip(contract.INPUT_NAMES[1:], node.input[1:])}
+    assert shapes == {"Wq": (12, 6), "bq": (6,), "Wk": (12, 6), "bk": (6,), "Wv": (12, 6), "bv": (6,),
+                      "Wo": (6, 12), "bo": (12,)}
+    expected_wo = model.block1.folded_weights()["Wo"].numpy()
+    np.testing.assert_allclose(initializers[node.input[7]], expected_wo, rtol=1e-6)
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 10, 14), (1, 3, 7, 5), (4, 3, 16, 9), (3, 3, 1, 1)])
+def test_ort_matches_eager_at_other_shapes(two_block, shape):
+    model, path, _ = two_block
+    x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    np.testing.assert_allclose(ort_run(path, x), eager(model, x), atol=1e-5, rtol=1e-4)
+
+
+def test_metadata_and_dynamic_axes(two_block):
+    _, path, _ = two_block
+    proto = onnx.load(str(path))
+    meta = {p.key: p.value for p in proto.metadata_props}
+    assert meta["polynl_deploy.mode"] == "custom-op"
+    assert meta["polynl_deploy.opset"] == "20"
+    assert json.loads(meta["polynl_deploy.example_shapes"]) == [[2, 3, 10, 14]]
+    assert json.loads(meta["polynl_deploy.inputs"])[0]["shape"] == ["batch", 3, "height", "width"]
+    assert json.loads(meta["polynl_deploy.outputs"])[0]["shape"] == ["batch", 4, "height", "width"]
+    assert len(json.loads(meta["polynl_deploy.blocks"])) == 2
+
+
+def test_full_checker_and_shape_inference_know_polynl(two_block):
+    _, path, _ = two_block
+    register_schema()
+    proto = onnx.load(str(path))
+    onnx.checker.check_model(proto, full_check=True)
+    inferred = onnx.shape_inference.infer_shapes(proto, strict_mode=True)
+    shapes = {v.name: [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]
+              for v in inferred.graph.value_info}
+    node = polynl_nodes(inferred)[0]
+    assert shapes[node.output[0]] == ["batch", 12, "height", "width"]
+
+
+def test_schema_inference_rejects_inconsistent_nodes():
+    register_schema()
+    x = onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 8, 4, 4])
+    y = onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)
+    weights = [onnx.helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, s) for n, s in
+               zip(contract.INPUT_NAMES[1:], [[6, 3], [3], [6, 3], [3], [6, 3], [3], [3, 6], [6]])]
+    node = onnx.helper.make_node("PolyNL", ["x"] + [w.name for w in weights], ["y"],
+                                 domain="polynl", layout="maps")
+    graph = onnx.helper.make_graph([node], "g", [x, *weights], [y])
+    model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 20),
+                                                         onnx.helper.make_opsetid("polynl", 1)])
+    with pytest.raises(onnx.shape_inference.InferenceError, match="Wq has 6 rows, X has 8 channels"):
+        onnx.shape_inference.infer_shapes(model, strict_mode=True)
+    model.graph.node[0].attribute[0].s = b"tokens"
+    with pytest.raises(onnx.shape_inference.InferenceError, match="rank 3"):
+        onnx.shape_inference.infer_shapes(model, strict_mode=True)
+
+
+def test_function_body_alone_reproduces_eager(two_block):
+    """onnx's reference runtime has no PolyNL kernel: it can only execute the model-local function."""
+    model, path, _ = two_block
+    x = np.random.default_rng(1).standard_normal((2, 3, 6, 5)).astype(np.float32)
+    (y,) = ReferenceEvaluator(str(path)).run(None, {"x": x})
+    np.testing.assert_allclose(y, eager(model, x), atol=1e-5, rtol=1e-4)
+
+
+def test_standard_ops_mode_has_no_custom_domain(tmp_path):
+    model = fixture_models.two_block_net()
+    path = tmp_path / "std.onnx"
+    export_onnx(model, torch.randn(2, 3, 10, 14), path, mode="standard-ops")
+    proto = onnx.load(str(path))
+    assert {n.domain for n in proto.graph.node} <= {"", "ai.onnx"}
+    assert all(o.domain in ("", "ai.onnx") for o in proto.opset_import)
+    assert not proto.functions
+    assert "If" not in {n.op_type for n in proto.graph.node}  # constant branches folded at export
+    onnx.checker.check_model(proto, full_check=True)
+    x = np.random.default_rng(2).standard_normal((3, 3, 9, 11)).astype(np.float32)
+    np.testing.assert_allclose(ort_run(path, x), eager(model, x), atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("mode", ["custom-op", "standard-ops"])
+def test_tokens_model(tmp_path, mode):
+    model = fixture_models.token_net()
+    path = tmp_path / "tokens.onnx"
+    result = export_onnx(model, torch.randn(2, 9, 10), path, mode=mode)
+    assert [(b.layout, b.form) for b in result.blocks] == [("tokens", "folded"), ("tokens", "unfolded")]
+    for shape in [(2, 9, 10), (1, 31, 10), (5, 2, 10)]:
+        x = np.random.default_rng(3).standard_normal(shape).astype(np.float32)
+        np.testing.assert_allclose(ort_run(path, x), eager(model, x), atol=1e-5, rtol=1e-4)
+
+
+def test_block_as_the_whole_model_and_nested_blocks(tmp_path):
+    block = randomize(PolyNL2d(9, reduction=3), seed=4)
+    path = tmp_path / "root.onnx"
+    result = export_onnx(block, torch.randn(1, 9, 4, 6), path)
+    assert [b.module for b in result.blocks] == ["<root>"]
+    x = np.random.default_rng(5).standard_normal((2, 9, 3, 8)).astype(np.float32)
+    np.testing.assert_allclose(ort_run(path, x), eager(block, x), atol=1e-5, rtol=1e-4)
+
+    nested = randomize(torch.nn.Sequential(torch.nn.Sequential(PolyNLTokens(6), PolyNLTokens(6))), seed=6)
+    result = export_onnx(nested, torch.randn(2, 5, 6), tmp_path / "nested.onnx")
+    assert [b.module for b in result.blocks] == ["0.0", "0.1"]
+
+
+def test_static_export_fixes_shapes(tmp_path):
+    model = fixture_models.two_block_net()
+    path = tmp_path / "static.onnx"
+    export_onnx(model, torch.randn(2, 3, 10, 14), path, dynamic=False)
+    dims = [d.dim_value for d in onnx.load(str(path)).graph.input[0].type.tensor_type.shape.dim]
+    assert dims == [2, 3, 10, 14]
+
+
+def test_model_without_blocks_exports(tmp_path):
+    result = export_onnx(fixture_models.plain_net(), torch.randn(1, 3, 8, 8), tmp_path / "plain.onnx")
+    proto = onnx.load(str(tmp_path / "plain.onnx"))
+    assert result.blocks == [] and not proto.functions and not polynl_nodes(proto)
+
+
+def test_failed_export_leaves_nothing(tmp_path):
+    path = tmp_path / "out.onnx"
+    with pytest.raises(ExportError, match="TwoBlockNet"):
+        export_onnx(fixture_models.two_block_net(), torch.randn(2, 5, 10, 14), path)  # 5 != 3 channels
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(ExportError, match="mode"):
+        export_onnx(fixture_models.plain_net(), torch.randn(1, 3, 8, 8), path, mode="fast")
+    with pytest.raises(ExportError, match="example_inputs"):
+        export_onnx(fixture_models.plain_net(), [], path)
