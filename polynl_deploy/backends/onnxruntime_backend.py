@@ -41,8 +41,7 @@ class OnnxRuntimeRunner(Runner):
         self.path = Path(path)
         self.session = session_from_onnx(path, providers, threads)
         self._input_specs = [
-            TensorSpec(i.name, _ORT_TYPES.get(i.type, i.type), tuple(d if isinstance(d, int) else None
-                                                                     for d in i.shape))
+            TensorSpec(i.name, _ORT_TYPES.get(i.type, i.type), tuple(i.shape))
             for i in self.session.get_inputs()]
         self._output_names = [o.name for o in self.session.get_outputs()]
 
