@@ -145,6 +145,26 @@ def doctor(as_json: Annotated[bool, typer.Option("--json", help="print JSON")] =
         raise typer.Exit(EXIT_FAILED_CHECK)
 
 
+@app.command()
+@handles_errors
+def demo(
+    model: Annotated[Optional[str], typer.Option(help="zoo model with a shipped checkpoint")] = None,
+    output_dir: Annotated[Optional[Path], typer.Option("--output-dir", "-o", help="artifacts folder")] = None,
+    samples: Annotated[Optional[int], typer.Option(help="held-out samples (default: all)")] = None,
+):
+    """The main job: the shipped trained model exported, inspected and validated on held-out data."""
+    from polynl_deploy import defaults
+    from polynl_deploy.demo import render, run_demo
+    from polynl_deploy.settings import DemoSettings
+
+    settings = DemoSettings(model or defaults.DEMO_MODEL, output_dir or Path(defaults.DEMO_OUTPUT_DIR),
+                            samples=samples)
+    result = run_demo(settings, on_step=lambda message: console.print(f"[dim]- {message}"))
+    render(result, console)
+    if not result.passed:
+        raise typer.Exit(EXIT_FAILED_CHECK)
+
+
 def main() -> None:
     app(prog_name="polynl")
 

@@ -18,3 +18,11 @@ VALIDATION_SHAPE_SCALES = (1.0, 0.5, 1.5)
 
 UNFOLDED_MAX_RATIO = 0.25
 """The unfolded form is used when C' <= UNFOLDED_MAX_RATIO * C (cheaper than the Gram form)."""
+
+DEMO_MODEL = "polynl-marks-small"
+"""The zoo model whose trained checkpoint ships with the toolkit; `polynl demo` runs on it."""
+
+DEMO_OUTPUT_DIR = "polynl-out"
+DEMO_BATCH = 250
+LABEL_AGREEMENT_MIN = 0.999
+"""Backends must predict the same label on at least this fraction of held-out samples."""

@@ -30,3 +30,11 @@ class ValidateSettings:
     report: Path | None = None
     save_inputs: Path | None = None
     load_inputs: Path | None = None
+
+
+@dataclass
+class DemoSettings:
+    model: str = defaults.DEMO_MODEL
+    output_dir: Path = Path(defaults.DEMO_OUTPUT_DIR)
+    batch_size: int = defaults.DEMO_BATCH
+    samples: int | None = None  # held-out samples to use; None: the whole held-out split

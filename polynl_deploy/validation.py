@@ -2,7 +2,7 @@
 
 import json
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -62,6 +62,7 @@ class ValidationReport:
     comparisons: list[OutputComparison]
     extra_checks: dict[str, dict] = field(default_factory=dict)
     feeds: list[Feed] = field(default_factory=list, repr=False)  # the inputs used; not in the JSON
+    outputs: dict[str, list[Feed]] = field(default_factory=dict, repr=False)  # per backend, per feed
 
     @property
     def passed(self) -> bool:
@@ -69,8 +70,8 @@ class ValidationReport:
                 and all(check.get("passed", False) for check in self.extra_checks.values()))
 
     def to_json(self) -> str:
-        payload = asdict(self)
-        del payload["feeds"]
+        payload = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("feeds", "outputs")}
+        payload["comparisons"] = [asdict(c) for c in self.comparisons]
         payload["passed"] = self.passed
         return json.dumps(payload, indent=2, allow_nan=True)
 
@@ -199,12 +200,14 @@ def compare_runners(onnx_path, runners: dict[str, Runner], *, inputs: Sequence[F
     names = list(runners)
     reference_name = names[0]
     comparisons = []
+    outputs: dict[str, list[Feed]] = {name: [] for name in names}
     for index, feed in enumerate(inputs):
         results = {}
         for name in names:
             if on_progress:
                 on_progress(f"{name} on input set {index}")
             results[name] = runners[name].infer(feed)
+            outputs[name].append(results[name])
         reference = results[reference_name]
         for name in names[1:]:
             for output, expected in reference.items():
@@ -215,7 +218,8 @@ def compare_runners(onnx_path, runners: dict[str, Runner], *, inputs: Sequence[F
                 comparisons.append(OutputComparison(name, index, output, dtype, list(expected.shape),
                                                     tol.atol, tol.rtol, **stats))
     shapes = [{k: list(v.shape) for k, v in feed.items()} for feed in inputs]
-    return ValidationReport(str(onnx_path), reference_name, names, shapes, comparisons, feeds=list(inputs))
+    return ValidationReport(str(onnx_path), reference_name, names, shapes, comparisons, feeds=list(inputs),
+                            outputs=outputs)
 
 
 BACKENDS = ("eager", "ort")

@@ -1,0 +1,122 @@
+"""The main job: the shipped trained model exported, inspected and validated on held-out data."""
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from polynl_deploy import defaults, features
+from polynl_deploy.export.exporter import ExportResult, export_onnx
+from polynl_deploy.inspection import ModelSummary, inspect_model, to_json
+from polynl_deploy.io import write_bytes_atomic
+from polynl_deploy.settings import DemoSettings
+from polynl_deploy.sources import load_source
+from polynl_deploy.validation import ValidationReport, compare_runners, model_input_specs, save_inputs
+
+
+@dataclass
+class DemoResult:
+    export: ExportResult
+    summary: ModelSummary
+    report: ValidationReport
+    accuracy: dict[str, float]
+    label_agreement: dict[str, float]
+    skipped: dict[str, str] = field(default_factory=dict)  # backend -> one-line reason
+    seconds: float = 0.0
+
+    @property
+    def passed(self) -> bool:
+        return self.report.passed
+
+
+def _held_out(settings: DemoSettings) -> tuple[np.ndarray, np.ndarray]:
+    from polynl_models.data import held_out_split
+    images, labels = held_out_split()
+    if settings.samples:
+        images, labels = images[: settings.samples], labels[: settings.samples]
+    return images.numpy(), labels.numpy()
+
+
+def _runners(onnx_path: Path, model) -> tuple[dict, dict[str, str]]:
+    """eager, ORT on CPU, and ORT on CUDA / TensorRT where present; reasons for what is skipped."""
+    from polynl_deploy.backends.onnxruntime_backend import OnnxRuntimeRunner
+    from polynl_deploy.backends.torch_backend import TorchRunner
+
+    specs, outputs, _ = model_input_specs(onnx_path)
+    runners = {"eager": TorchRunner(model, specs, outputs), "ort": OnnxRuntimeRunner(onnx_path, ["CPUExecutionProvider"])}
+    skipped = {}
+    found = features.detect()
+    if found.ort_cuda:
+        cuda = OnnxRuntimeRunner(onnx_path, ["CUDAExecutionProvider", "CPUExecutionProvider"])
+        cuda.name = "ort-cuda"
+        runners["ort-cuda"] = cuda
+    else:
+        skipped["ort-cuda"] = "no CUDA GPU with onnxruntime-gpu on this machine"
+    if not found.tensorrt_runtime:
+        skipped["trt"] = "full TensorRT (builder + runtime) and a GPU are not present on this machine"
+    elif found.plugin_library is None:
+        skipped["trt"] = f"PolyNL plugin library not built (set {features.PLUGIN_LIBRARY_ENV})"
+    return runners, skipped
+
+
+def run_demo(settings: DemoSettings, on_step=lambda message: None) -> DemoResult:
+    """Export + inspect + validate the shipped model; artifacts land in ``settings.output_dir``."""
+    start = time.perf_counter()
+    out = Path(settings.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    on_step(f"loading {settings.model} with its shipped checkpoint")
+    loaded = load_source(settings.model)
+    onnx_path = out / "model.onnx"
+    on_step(f"exporting to {onnx_path}")
+    exported = export_onnx(loaded.model, loaded.example_inputs(), onnx_path, source=settings.model)
+    summary = inspect_model(onnx_path)
+    write_bytes_atomic(out / "inspect.json", to_json(summary).encode())
+
+    images, labels = _held_out(settings)
+    input_name = exported.inputs[0]["name"]
+    feeds = [{input_name: images[i:i + settings.batch_size]} for i in range(0, len(images), settings.batch_size)]
+    save_inputs(out / "inputs.npz", feeds)
+    runners, skipped = _runners(onnx_path, loaded.model)
+    on_step(f"validating {', '.join(runners)} on {len(images)} held-out samples")
+    report = compare_runners(onnx_path, runners, inputs=feeds)
+
+    accuracy, agreement = {}, {}
+    predictions = {name: np.concatenate([o[exported.outputs[0]["name"]].argmax(axis=1) for o in outputs])
+                   for name, outputs in report.outputs.items()}
+    for name, predicted in predictions.items():
+        accuracy[name] = float((predicted == labels).mean())
+        if name != report.reference:
+            agreement[name] = float((predicted == predictions[report.reference]).mean())
+            report.extra_checks[f"labels {name} vs {report.reference}"] = {
+                "agreement": agreement[name], "required": defaults.LABEL_AGREEMENT_MIN,
+                "passed": agreement[name] >= defaults.LABEL_AGREEMENT_MIN}
+    result = DemoResult(exported, summary, report, accuracy, agreement, skipped, time.perf_counter() - start)
+    payload = json.loads(report.to_json())
+    payload.update(accuracy=accuracy, label_agreement=agreement, skipped=skipped, seconds=result.seconds)
+    write_bytes_atomic(out / "report.json", json.dumps(payload, indent=2).encode())
+    return result
+
+
+def render(result: DemoResult, console) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"polynl demo: {result.export.path} ({len(result.export.blocks)} Poly-NL blocks, "
+                        f"plugin-ready: {'yes' if result.summary.plugin_ready else 'no'})")
+    for column in ("backend", "accuracy", "labels = eager", "max abs err", "min atol", "status"):
+        table.add_column(column)
+    for name in result.report.backends:
+        rows = [c for c in result.report.comparisons if c.backend == name]
+        ok = all(c.passed for c in rows) and result.label_agreement.get(name, 1.0) >= defaults.LABEL_AGREEMENT_MIN
+        table.add_row(name, f"{result.accuracy[name]:.2%}",
+                      f"{result.label_agreement[name]:.2%}" if name in result.label_agreement else "reference",
+                      f"{max(c.max_abs_error for c in rows):.2e}" if rows else "-",
+                      f"{max(c.min_atol_to_pass for c in rows):.2e}" if rows else "-",
+                      "[green]PASS" if ok else "[red]FAIL")
+    for name, reason in result.skipped.items():
+        table.add_row(name, "-", "-", "-", "-", f"[yellow]skipped: {reason}")
+    console.print(table)
+    console.print(f"artifacts in {result.export.path.parent}: model.onnx, inspect.json, report.json, inputs.npz "
+                  f"({result.seconds:.1f} s)")
+    console.print("[bold green]PASSED" if result.passed else "[bold red]FAILED")
