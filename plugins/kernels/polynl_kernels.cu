@@ -1,0 +1,829 @@
+// CUDA kernels of one PolyNL block (weights already folded) behind the C ABI of polynl_kernels.h.
+//
+// Folded path:   stage weights -> Gram S = X^T X / N and mu -> m -> M = alpha I + Wq diag(m) Wo
+//                and c = Wo^T (bq * m) + bo -> Y = X M + 1 c^T.
+// Unfolded path: stage weights -> [K | V] = X [Wk | Wv] + [bk | bv] -> m = mean_n K * V
+//                -> G = (X Wq + bq) * m -> Y = G Wo + bo + alpha X.
+// All intermediate values are float32 in the workspace (layout from polynl::core::workspaceLayout).
+
+#include "polynl_kernels.h"
+
+#include "polynl_core.h"
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <string>
+
+namespace polynl::kernels
+{
+namespace
+{
+
+// ---------------------------------------------------------------------------------------------
+// Element access
+// ---------------------------------------------------------------------------------------------
+
+__device__ __forceinline__ float toFloat(float v)
+{
+    return v;
+}
+__device__ __forceinline__ float toFloat(__half v)
+{
+    return __half2float(v);
+}
+__device__ __forceinline__ float toFloat(__nv_bfloat16 v)
+{
+    return __bfloat162float(v);
+}
+
+template <typename T>
+__device__ __forceinline__ T fromFloat(float v);
+template <>
+__device__ __forceinline__ float fromFloat<float>(float v)
+{
+    return v;
+}
+template <>
+__device__ __forceinline__ __half fromFloat<__half>(float v)
+{
+    return __float2half_rn(v);
+}
+template <>
+__device__ __forceinline__ __nv_bfloat16 fromFloat<__nv_bfloat16>(float v)
+{
+    return __float2bfloat16_rn(v);
+}
+
+//! A batch of strided matrices: element (b, row, col) is data[b * batch + row * rows + col * cols].
+template <typename T>
+struct MatrixView
+{
+    T* data;
+    int64_t batchStride;
+    int64_t rowStride;
+    int64_t colStride;
+
+    __device__ __forceinline__ T& at(int64_t b, int64_t row, int64_t col) const
+    {
+        return data[b * batchStride + row * rowStride + col * colStride];
+    }
+};
+
+//! X or Y as (positions x channels) matrices in the given layout.
+template <typename T>
+MatrixView<T> featureView(T* data, core::Problem const& p)
+{
+    int64_t const item = p.positions * p.channels;
+    if (p.layout == core::Layout::kMaps)
+    {
+        return {data, item, 1, p.positions};
+    }
+    return {data, item, p.channels, 1};
+}
+
+//! A dense row-major (rows x cols) float32 matrix, one per batch item (batchStride 0: shared).
+template <typename T>
+MatrixView<T> denseView(T* data, int64_t cols, int64_t batchStride)
+{
+    return {data, batchStride, cols, 1};
+}
+
+// ---------------------------------------------------------------------------------------------
+// Weight staging: convert one (rows x cols) weight into a float32 matrix with leading dim ld.
+// ---------------------------------------------------------------------------------------------
+
+template <typename W>
+__global__ void stageWeightKernel(W const* src, int64_t rows, int64_t cols, float* dst, int64_t ld)
+{
+    int64_t const count = rows * cols;
+    for (int64_t e = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; e < count;
+         e += static_cast<int64_t>(gridDim.x) * blockDim.x)
+    {
+        int64_t const row = e / cols;
+        int64_t const col = e - row * cols;
+        dst[row * ld + col] = toFloat(src[e]);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Gram matrix and mean (folded path): S += X^T X / N and mu += X^T 1 / N over one slice of
+// positions. One block owns a 32 x 32 tile of S on or above the diagonal and mirrors it.
+// ---------------------------------------------------------------------------------------------
+
+constexpr int kGramTile = 32;
+constexpr int kGramChunk = 32; // positions per shared-memory stage
+constexpr int kGramThreads = 256;
+constexpr int64_t kGramMinPositionsPerSlice = 256;
+
+template <typename T>
+__global__ void __launch_bounds__(kGramThreads) gramKernel(MatrixView<T const> x, int64_t positions,
+    int64_t channels, int32_t slices, float invPositions, float* gram, float* mu)
+{
+    int32_t const tileI = blockIdx.x;
+    int32_t const tileJ = blockIdx.y;
+    if (tileI > tileJ)
+    {
+        return; // S is symmetric: the mirrored block writes this tile.
+    }
+    int64_t const b = blockIdx.z / slices;
+    int64_t const slice = blockIdx.z % slices;
+    int64_t const perSlice = (positions + slices - 1) / slices;
+    int64_t const begin = slice * perSlice;
+    int64_t const end = min(positions, begin + perSlice);
+
+    __shared__ float xi[kGramChunk][kGramTile + 1];
+    __shared__ float xj[kGramChunk][kGramTile + 1];
+
+    int const tx = threadIdx.x % 16;
+    int const ty = threadIdx.x / 16;
+    int64_t const baseI = static_cast<int64_t>(tileI) * kGramTile;
+    int64_t const baseJ = static_cast<int64_t>(tileJ) * kGramTile;
+    bool const positionsContiguous = x.rowStride == 1;
+    bool const diagonal = tileI == tileJ;
+
+    float acc[2][2] = {{0.F, 0.F}, {0.F, 0.F}};
+    float columnSum[2] = {0.F, 0.F};
+    for (int64_t n0 = begin; n0 < end; n0 += kGramChunk)
+    {
+        for (int e = threadIdx.x; e < kGramChunk * kGramTile; e += kGramThreads)
+        {
+            // Map consecutive threads along the contiguous dimension of X for coalescing.
+            int const p = positionsContiguous ? e % kGramChunk : e / kGramTile;
+            int const c = positionsContiguous ? e / kGramChunk : e % kGramTile;
+            int64_t const n = n0 + p;
+            bool const inN = n < end;
+            xi[p][c] = inN && baseI + c < channels ? toFloat(x.at(b, n, baseI + c)) : 0.F;
+            xj[p][c] = inN && baseJ + c < channels ? toFloat(x.at(b, n, baseJ + c)) : 0.F;
+        }
+        __syncthreads();
+#pragma unroll 8
+        for (int p = 0; p < kGramChunk; ++p)
+        {
+            float const a0 = xi[p][ty];
+            float const a1 = xi[p][ty + 16];
+            float const b0 = xj[p][tx];
+            float const b1 = xj[p][tx + 16];
+            acc[0][0] += a0 * b0;
+            acc[0][1] += a0 * b1;
+            acc[1][0] += a1 * b0;
+            acc[1][1] += a1 * b1;
+            if (diagonal && ty == 0)
+            {
+                columnSum[0] += b0;
+                columnSum[1] += b1;
+            }
+        }
+        __syncthreads();
+    }
+
+    float* s = gram + b * channels * channels;
+    for (int a = 0; a < 2; ++a)
+    {
+        for (int c = 0; c < 2; ++c)
+        {
+            int64_t const i = baseI + ty + 16 * a;
+            int64_t const j = baseJ + tx + 16 * c;
+            if (i < channels && j < channels)
+            {
+                float const value = acc[a][c] * invPositions;
+                atomicAdd(&s[i * channels + j], value);
+                if (!diagonal)
+                {
+                    atomicAdd(&s[j * channels + i], value);
+                }
+            }
+        }
+    }
+    if (diagonal && ty == 0)
+    {
+        for (int c = 0; c < 2; ++c)
+        {
+            int64_t const j = baseJ + tx + 16 * c;
+            if (j < channels)
+            {
+                atomicAdd(&mu[b * channels + j], columnSum[c] * invPositions);
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Block reduction helper
+// ---------------------------------------------------------------------------------------------
+
+constexpr int kReduceThreads = 256;
+
+//! Sums `values[0..count)` over the block; the result is valid in thread 0.
+template <int count>
+__device__ void blockSum(float (&values)[count])
+{
+    __shared__ float partial[count][kReduceThreads / 32];
+    int const lane = threadIdx.x % 32;
+    int const warp = threadIdx.x / 32;
+    for (int v = 0; v < count; ++v)
+    {
+        for (int offset = 16; offset > 0; offset /= 2)
+        {
+            values[v] += __shfl_down_sync(0xffffffffU, values[v], offset);
+        }
+        if (lane == 0)
+        {
+            partial[v][warp] = values[v];
+        }
+    }
+    __syncthreads();
+    if (threadIdx.x == 0)
+    {
+        for (int v = 0; v < count; ++v)
+        {
+            values[v] = 0.F;
+            for (int w = 0; w < kReduceThreads / 32; ++w)
+            {
+                values[v] += partial[v][w];
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// m from the Gram matrix (folded path), one block per (j, b):
+// m_j = wk_j^T S wv_j + bk_j (wv_j . mu) + bv_j (wk_j . mu) + bk_j bv_j.
+// Warps take rows i of S, lanes run along k (coalesced).
+// ---------------------------------------------------------------------------------------------
+
+__global__ void __launch_bounds__(kReduceThreads) gramMeansKernel(float const* gram, float const* mu,
+    float const* wkv, float const* bkv, int64_t channels, int64_t inner, float* means)
+{
+    int64_t const j = blockIdx.x;
+    int64_t const b = blockIdx.y;
+    int64_t const ld = 2 * inner;
+    float const* s = gram + b * channels * channels;
+    float const* muB = mu + b * channels;
+    int const lane = threadIdx.x % 32;
+    int const warp = threadIdx.x / 32;
+
+    float sums[3] = {0.F, 0.F, 0.F}; // wk^T S wv, wv . mu, wk . mu
+    for (int64_t i = warp; i < channels; i += kReduceThreads / 32)
+    {
+        float dot = 0.F;
+        for (int64_t k = lane; k < channels; k += 32)
+        {
+            dot += s[i * channels + k] * wkv[k * ld + inner + j];
+        }
+        for (int offset = 16; offset > 0; offset /= 2)
+        {
+            dot += __shfl_down_sync(0xffffffffU, dot, offset);
+        }
+        if (lane == 0)
+        {
+            float const wk = wkv[i * ld + j];
+            float const wv = wkv[i * ld + inner + j];
+            sums[0] += wk * dot;
+            sums[1] += wv * muB[i];
+            sums[2] += wk * muB[i];
+        }
+    }
+    blockSum(sums);
+    if (threadIdx.x == 0)
+    {
+        float const bk = bkv[j];
+        float const bv = bkv[inner + j];
+        means[b * inner + j] = sums[0] + bk * sums[1] + bv * sums[2] + bk * bv;
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Shift c = Wo^T (bq * m) + bo (folded path), one thread per (k, b).
+// ---------------------------------------------------------------------------------------------
+
+__global__ void shiftKernel(float const* wo, float const* bq, float const* bo, float const* means,
+    int64_t channels, int64_t inner, int64_t batch, float* shift)
+{
+    int64_t const e = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+    if (e >= batch * channels)
+    {
+        return;
+    }
+    int64_t const b = e / channels;
+    int64_t const k = e - b * channels;
+    float acc = bo[k];
+    for (int64_t j = 0; j < inner; ++j)
+    {
+        acc += wo[j * channels + k] * bq[j] * means[b * inner + j];
+    }
+    shift[e] = acc;
+}
+
+// ---------------------------------------------------------------------------------------------
+// m from K and V (unfolded path): m_j += (1/N) sum_n K[n, j] V[n, j] over a slice of positions.
+// kv is (B, N, 2C') with K in columns [0, C') and V in [C', 2C').
+// ---------------------------------------------------------------------------------------------
+
+constexpr int kMeansColumns = 32;
+constexpr int kMeansRows = 8;
+
+__global__ void __launch_bounds__(kMeansColumns* kMeansRows) tokenMeansKernel(float const* kv, int64_t positions,
+    int64_t inner, int32_t slices, float invPositions, float* means)
+{
+    int64_t const j = blockIdx.x * static_cast<int64_t>(kMeansColumns) + threadIdx.x;
+    int64_t const b = blockIdx.y;
+    int64_t const perSlice = (positions + slices - 1) / slices;
+    int64_t const begin = blockIdx.z * perSlice;
+    int64_t const end = min(positions, begin + perSlice);
+    float const* item = kv + b * positions * 2 * inner;
+
+    float acc = 0.F;
+    if (j < inner)
+    {
+        for (int64_t n = begin + threadIdx.y; n < end; n += kMeansRows)
+        {
+            acc += item[n * 2 * inner + j] * item[n * 2 * inner + inner + j];
+        }
+    }
+    __shared__ float partial[kMeansRows][kMeansColumns];
+    partial[threadIdx.y][threadIdx.x] = acc;
+    __syncthreads();
+    if (threadIdx.y == 0 && j < inner)
+    {
+        for (int r = 1; r < kMeansRows; ++r)
+        {
+            acc += partial[r][threadIdx.x];
+        }
+        atomicAdd(&means[b * inner + j], acc * invPositions);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tiled GEMM with float32 accumulation: out(b, r, c) = epilogue(b, r, c, sum_k A(b, r, k) *
+// scale(b, k) * W(b, k, c)). A is any strided view (X in either layout, or a float32 buffer),
+// W is float32. 64 x 64 output tile per block, 16 x 16 threads with 4 x 4 outputs each.
+// ---------------------------------------------------------------------------------------------
+
+constexpr int kTileRows = 64;
+constexpr int kTileCols = 64;
+constexpr int kTileDepth = 16;
+constexpr int kGemmThreads = 256;
+
+template <typename TA, typename Epilogue>
+__global__ void __launch_bounds__(kGemmThreads) gemmKernel(MatrixView<TA const> a, float const* aColumnScale,
+    int64_t scaleBatchStride, MatrixView<float const> w, int64_t rows, int64_t cols, int64_t depth,
+    bool outputRowsContiguous, Epilogue epilogue)
+{
+    __shared__ float aTile[kTileDepth][kTileRows + 4];
+    __shared__ float wTile[kTileDepth][kTileCols + 4];
+
+    int64_t const b = blockIdx.z;
+    int64_t const rowBase = static_cast<int64_t>(blockIdx.x) * kTileRows;
+    int64_t const colBase = static_cast<int64_t>(blockIdx.y) * kTileCols;
+    // Consecutive threads take consecutive rows when the output is contiguous along rows (maps).
+    int const fast = threadIdx.x % 16;
+    int const slow = threadIdx.x / 16;
+    int const rowLane = outputRowsContiguous ? fast : slow;
+    int const colLane = outputRowsContiguous ? slow : fast;
+    bool const aRowsContiguous = a.rowStride == 1;
+
+    float acc[4][4] = {};
+    for (int64_t k0 = 0; k0 < depth; k0 += kTileDepth)
+    {
+        for (int e = threadIdx.x; e < kTileRows * kTileDepth; e += kGemmThreads)
+        {
+            int const r = aRowsContiguous ? e % kTileRows : e / kTileDepth;
+            int const k = aRowsContiguous ? e / kTileRows : e % kTileDepth;
+            int64_t const gr = rowBase + r;
+            int64_t const gk = k0 + k;
+            float v = 0.F;
+            if (gr < rows && gk < depth)
+            {
+                v = toFloat(a.at(b, gr, gk));
+                if (aColumnScale != nullptr)
+                {
+                    v *= aColumnScale[b * scaleBatchStride + gk];
+                }
+            }
+            aTile[k][r] = v;
+        }
+        for (int e = threadIdx.x; e < kTileDepth * kTileCols; e += kGemmThreads)
+        {
+            int const c = e % kTileCols;
+            int const k = e / kTileCols;
+            int64_t const gc = colBase + c;
+            int64_t const gk = k0 + k;
+            wTile[k][c] = gc < cols && gk < depth ? w.at(b, gk, gc) : 0.F;
+        }
+        __syncthreads();
+#pragma unroll
+        for (int k = 0; k < kTileDepth; ++k)
+        {
+            float ar[4];
+            float wr[4];
+#pragma unroll
+            for (int i = 0; i < 4; ++i)
+            {
+                ar[i] = aTile[k][rowLane + 16 * i];
+                wr[i] = wTile[k][colLane + 16 * i];
+            }
+#pragma unroll
+            for (int i = 0; i < 4; ++i)
+            {
+#pragma unroll
+                for (int j = 0; j < 4; ++j)
+                {
+                    acc[i][j] += ar[i] * wr[j];
+                }
+            }
+        }
+        __syncthreads();
+    }
+#pragma unroll
+    for (int i = 0; i < 4; ++i)
+    {
+#pragma unroll
+        for (int j = 0; j < 4; ++j)
+        {
+            int64_t const r = rowBase + rowLane + 16 * i;
+            int64_t const c = colBase + colLane + 16 * j;
+            if (r < rows && c < cols)
+            {
+                epilogue(b, r, c, acc[i][j]);
+            }
+        }
+    }
+}
+
+//! Folded output: Y = X M + 1 c^T.
+template <typename T>
+struct ShiftEpilogue
+{
+    MatrixView<T> y;
+    float const* shift;
+    int64_t channels;
+
+    __device__ void operator()(int64_t b, int64_t r, int64_t c, float acc) const
+    {
+        y.at(b, r, c) = fromFloat<T>(acc + shift[b * channels + c]);
+    }
+};
+
+//! Folded mixing matrix: M = alpha I + (Wq diag(m)) Wo, written over S.
+struct MixingEpilogue
+{
+    float* mixing;
+    int64_t channels;
+    float alpha;
+
+    __device__ void operator()(int64_t b, int64_t r, int64_t c, float acc) const
+    {
+        mixing[(b * channels + r) * channels + c] = acc + (r == c ? alpha : 0.F);
+    }
+};
+
+//! Unfolded projections into the float32 token buffer: out = acc + bias, optionally times m.
+struct ProjectionEpilogue
+{
+    MatrixView<float> out;
+    float const* bias;
+    float const* gate; //!< m (B, C') or null
+    int64_t gateStride;
+
+    __device__ void operator()(int64_t b, int64_t r, int64_t c, float acc) const
+    {
+        float v = acc + bias[c];
+        if (gate != nullptr)
+        {
+            v *= gate[b * gateStride + c];
+        }
+        out.at(b, r, c) = v;
+    }
+};
+
+//! Unfolded output: Y = G Wo + bo + alpha X.
+template <typename T>
+struct ResidualEpilogue
+{
+    MatrixView<T> y;
+    MatrixView<T const> x;
+    float const* bias;
+    float alpha;
+
+    __device__ void operator()(int64_t b, int64_t r, int64_t c, float acc) const
+    {
+        y.at(b, r, c) = fromFloat<T>(acc + bias[c] + alpha * toFloat(x.at(b, r, c)));
+    }
+};
+
+// ---------------------------------------------------------------------------------------------
+// Host side
+// ---------------------------------------------------------------------------------------------
+
+thread_local std::string lastError;
+
+PolyNLStatus fail(PolyNLStatus status, std::string message)
+{
+    lastError = std::move(message);
+    return status;
+}
+
+constexpr int64_t kMaxGridYZ = 65535;
+
+int32_t ceilDiv(int64_t a, int64_t b)
+{
+    return static_cast<int32_t>((a + b - 1) / b);
+}
+
+//! Splits positions so that about `targetBlocks` blocks run, each with enough positions.
+int32_t positionSlices(int64_t positions, int64_t blocksPerSlice, int64_t batch)
+{
+    constexpr int64_t kTargetBlocks = 1024;
+    int64_t const byWork = std::max<int64_t>(1, positions / kGramMinPositionsPerSlice);
+    int64_t const byOccupancy = std::max<int64_t>(1, kTargetBlocks / std::max<int64_t>(1, blocksPerSlice * batch));
+    int64_t const byGrid = std::max<int64_t>(1, kMaxGridYZ / std::max<int64_t>(1, batch));
+    return static_cast<int32_t>(std::min({byWork, byOccupancy, byGrid}));
+}
+
+template <typename TA, typename Epilogue>
+void launchGemm(MatrixView<TA const> a, float const* aColumnScale, int64_t scaleBatchStride,
+    MatrixView<float const> w, int64_t batch, int64_t rows, int64_t cols, int64_t depth, bool outputRowsContiguous,
+    Epilogue epilogue, cudaStream_t stream)
+{
+    dim3 const grid(ceilDiv(rows, kTileRows), ceilDiv(cols, kTileCols), static_cast<uint32_t>(batch));
+    gemmKernel<TA, Epilogue><<<grid, kGemmThreads, 0, stream>>>(
+        a, aColumnScale, scaleBatchStride, w, rows, cols, depth, outputRowsContiguous, epilogue);
+}
+
+//! Float32 pointers into one workspace.
+struct Buffers
+{
+    float *wq, *bq, *wkv, *bkv, *wo, *bo, *means, *mu, *gram, *shift, *tokens;
+};
+
+Buffers buffersIn(void* workspace, core::WorkspaceLayout const& layout)
+{
+    auto at = [workspace](size_t offset) { return reinterpret_cast<float*>(static_cast<char*>(workspace) + offset); };
+    return {at(layout.wq), at(layout.bq), at(layout.wkv), at(layout.bkv), at(layout.wo), at(layout.bo),
+        at(layout.means), at(layout.mu), at(layout.gram), at(layout.shift), at(layout.tokens)};
+}
+
+template <typename W>
+void stageWeight(void const* src, int64_t rows, int64_t cols, float* dst, int64_t ld, cudaStream_t stream)
+{
+    constexpr int kThreads = 256;
+    int32_t const blocks = std::min<int32_t>(ceilDiv(rows * cols, kThreads), 4096);
+    stageWeightKernel<W><<<blocks, kThreads, 0, stream>>>(static_cast<W const*>(src), rows, cols, dst, ld);
+}
+
+template <typename W>
+void stageWeights(core::Problem const& p, void const* const* weights, Buffers const& buf, cudaStream_t stream)
+{
+    int64_t const c = p.channels;
+    int64_t const r = p.inner;
+    stageWeight<W>(weights[0], c, r, buf.wq, r, stream);
+    stageWeight<W>(weights[1], 1, r, buf.bq, r, stream);
+    stageWeight<W>(weights[2], c, r, buf.wkv, 2 * r, stream);
+    stageWeight<W>(weights[3], 1, r, buf.bkv, r, stream);
+    stageWeight<W>(weights[4], c, r, buf.wkv + r, 2 * r, stream);
+    stageWeight<W>(weights[5], 1, r, buf.bkv + r, r, stream);
+    stageWeight<W>(weights[6], r, c, buf.wo, c, stream);
+    stageWeight<W>(weights[7], 1, c, buf.bo, c, stream);
+}
+
+template <typename T>
+void forwardFolded(core::Problem const& p, T const* x, T* y, Buffers const& buf, cudaStream_t stream)
+{
+    int64_t const c = p.channels;
+    int64_t const r = p.inner;
+    auto const xView = featureView(x, p);
+    auto const yView = featureView(y, p);
+    float const invN = 1.F / static_cast<float>(p.positions);
+
+    int32_t const tiles = ceilDiv(c, kGramTile);
+    int64_t const triangle = static_cast<int64_t>(tiles) * (tiles + 1) / 2;
+    int32_t const slices = positionSlices(p.positions, triangle, p.batch);
+    dim3 const gramGrid(tiles, tiles, static_cast<uint32_t>(p.batch * slices));
+    gramKernel<T><<<gramGrid, kGramThreads, 0, stream>>>(xView, p.positions, c, slices, invN, buf.gram, buf.mu);
+
+    gramMeansKernel<<<dim3(static_cast<uint32_t>(r), static_cast<uint32_t>(p.batch)), kReduceThreads, 0, stream>>>(
+        buf.gram, buf.mu, buf.wkv, buf.bkv, c, r, buf.means);
+
+    constexpr int kThreads = 256;
+    shiftKernel<<<ceilDiv(p.batch * c, kThreads), kThreads, 0, stream>>>(
+        buf.wo, buf.bq, buf.bo, buf.means, c, r, p.batch, buf.shift);
+
+    // M = alpha I + (Wq diag(m)) Wo overwrites S (no longer needed once m is known).
+    launchGemm<float>(denseView<float const>(buf.wq, r, 0), buf.means, r, denseView<float const>(buf.wo, c, 0),
+        p.batch, c, c, r, false, MixingEpilogue{buf.gram, c, p.alpha}, stream);
+
+    launchGemm<T>(xView, nullptr, 0, denseView<float const>(buf.gram, c, c * c), p.batch, p.positions, c, c,
+        yView.rowStride == 1, ShiftEpilogue<T>{yView, buf.shift, c}, stream);
+}
+
+template <typename T>
+void forwardUnfolded(core::Problem const& p, T const* x, T* y, Buffers const& buf, cudaStream_t stream)
+{
+    int64_t const c = p.channels;
+    int64_t const r = p.inner;
+    int64_t const n = p.positions;
+    auto const xView = featureView(x, p);
+    auto const yView = featureView(y, p);
+    float const invN = 1.F / static_cast<float>(n);
+
+    // [K | V] into the token buffer (B, N, 2C').
+    MatrixView<float> const kv{buf.tokens, n * 2 * r, 2 * r, 1};
+    launchGemm<T>(xView, nullptr, 0, denseView<float const>(buf.wkv, 2 * r, 0), p.batch, n, 2 * r, c, false,
+        ProjectionEpilogue{kv, buf.bkv, nullptr, 0}, stream);
+
+    int32_t const columnBlocks = ceilDiv(r, kMeansColumns);
+    int32_t const slices = positionSlices(n, columnBlocks, p.batch);
+    tokenMeansKernel<<<dim3(columnBlocks, static_cast<uint32_t>(p.batch), slices), dim3(kMeansColumns, kMeansRows), 0,
+        stream>>>(buf.tokens, n, r, slices, invN, buf.means);
+
+    // G = (X Wq + bq) * m overwrites the token buffer as (B, N, C').
+    MatrixView<float> const gated{buf.tokens, n * r, r, 1};
+    launchGemm<T>(xView, nullptr, 0, denseView<float const>(buf.wq, r, 0), p.batch, n, r, c, false,
+        ProjectionEpilogue{gated, buf.bq, buf.means, r}, stream);
+
+    launchGemm<float>(MatrixView<float const>{buf.tokens, n * r, r, 1}, nullptr, 0,
+        denseView<float const>(buf.wo, c, 0), p.batch, n, c, r, yView.rowStride == 1,
+        ResidualEpilogue<T>{yView, xView, buf.bo, p.alpha}, stream);
+}
+
+template <typename T>
+void forwardTyped(core::Problem const& p, core::Path path, void const* x, void* y, Buffers const& buf,
+    cudaStream_t stream)
+{
+    if (path == core::Path::kFolded)
+    {
+        forwardFolded<T>(p, static_cast<T const*>(x), static_cast<T*>(y), buf, stream);
+    }
+    else
+    {
+        forwardUnfolded<T>(p, static_cast<T const*>(x), static_cast<T*>(y), buf, stream);
+    }
+}
+
+bool isKnownEnum(int32_t value, int32_t count)
+{
+    return value >= 0 && value < count;
+}
+
+//! Validates the descriptor and resolves its problem and path.
+PolyNLStatus resolve(PolyNLDesc const* desc, core::Problem* problem, core::Path* path)
+{
+    if (desc == nullptr)
+    {
+        return fail(POLYNL_STATUS_INVALID_ARGUMENT, "desc is null");
+    }
+    if (!isKnownEnum(desc->layout, 2) || !isKnownEnum(desc->x_dtype, 3) || !isKnownEnum(desc->weight_dtype, 3)
+        || !isKnownEnum(desc->path, 3))
+    {
+        return fail(POLYNL_STATUS_INVALID_ARGUMENT, "desc has an unknown layout, dtype or path value");
+    }
+    problem->batch = desc->batch;
+    problem->channels = desc->channels;
+    problem->inner = desc->inner;
+    problem->positions = desc->positions;
+    problem->layout = static_cast<core::Layout>(desc->layout);
+    problem->xType = static_cast<core::DataType>(desc->x_dtype);
+    problem->weightType = static_cast<core::DataType>(desc->weight_dtype);
+    problem->alpha = desc->alpha;
+    std::string error = core::validateProblem(*problem);
+    if (!error.empty())
+    {
+        bool const typeError = problem->batch >= 0 && problem->positions >= 0 && problem->channels >= 1
+            && problem->inner >= 1;
+        return fail(typeError ? POLYNL_STATUS_UNSUPPORTED : POLYNL_STATUS_INVALID_ARGUMENT, error);
+    }
+    if (problem->batch > kMaxGridYZ || problem->inner > kMaxGridYZ)
+    {
+        return fail(POLYNL_STATUS_UNSUPPORTED, "batch and C' must be <= 65535");
+    }
+    switch (desc->path)
+    {
+    case POLYNL_PATH_FOLDED: *path = core::Path::kFolded; break;
+    case POLYNL_PATH_UNFOLDED: *path = core::Path::kUnfolded; break;
+    default: *path = core::choosePath(problem->channels, problem->inner); break;
+    }
+    return POLYNL_STATUS_SUCCESS;
+}
+
+} // namespace
+} // namespace polynl::kernels
+
+using namespace polynl;
+using namespace polynl::kernels;
+
+extern "C" PolyNLStatus polynl_workspace_size(PolyNLDesc const* desc, size_t* bytes)
+{
+    core::Problem problem;
+    core::Path path{};
+    PolyNLStatus const status = resolve(desc, &problem, &path);
+    if (status != POLYNL_STATUS_SUCCESS)
+    {
+        return status;
+    }
+    if (bytes == nullptr)
+    {
+        return fail(POLYNL_STATUS_INVALID_ARGUMENT, "bytes is null");
+    }
+    *bytes = core::workspaceLayout(problem, path).total;
+    return POLYNL_STATUS_SUCCESS;
+}
+
+extern "C" PolyNLStatus polynl_resolve_path(PolyNLDesc const* desc, int32_t* path)
+{
+    core::Problem problem;
+    core::Path resolved{};
+    PolyNLStatus const status = resolve(desc, &problem, &resolved);
+    if (status != POLYNL_STATUS_SUCCESS)
+    {
+        return status;
+    }
+    if (path == nullptr)
+    {
+        return fail(POLYNL_STATUS_INVALID_ARGUMENT, "path is null");
+    }
+    *path = resolved == core::Path::kFolded ? POLYNL_PATH_FOLDED : POLYNL_PATH_UNFOLDED;
+    return POLYNL_STATUS_SUCCESS;
+}
+
+extern "C" PolyNLStatus polynl_forward(PolyNLDesc const* desc, void const* x, void const* const* weights, void* y,
+    void* workspace, size_t workspace_bytes, cudaStream_t stream)
+{
+    core::Problem problem;
+    core::Path path{};
+    PolyNLStatus const status = resolve(desc, &problem, &path);
+    if (status != POLYNL_STATUS_SUCCESS)
+    {
+        return status;
+    }
+    if (problem.batch == 0 || problem.positions == 0)
+    {
+        return POLYNL_STATUS_SUCCESS; // Y is empty.
+    }
+    if (x == nullptr || y == nullptr || weights == nullptr || workspace == nullptr)
+    {
+        return fail(POLYNL_STATUS_INVALID_ARGUMENT, "x, weights, y and workspace must not be null");
+    }
+    for (int32_t i = 0; i < core::kNumWeights; ++i)
+    {
+        if (weights[i] == nullptr)
+        {
+            return fail(POLYNL_STATUS_INVALID_ARGUMENT, std::string("weight ") + core::inputName(i + 1) + " is null");
+        }
+    }
+    core::WorkspaceLayout const layout = core::workspaceLayout(problem, path);
+    if (workspace_bytes < layout.total)
+    {
+        return fail(POLYNL_STATUS_WORKSPACE_TOO_SMALL,
+            "workspace has " + std::to_string(workspace_bytes) + " bytes; needs " + std::to_string(layout.total));
+    }
+    if (reinterpret_cast<uintptr_t>(workspace) % 256 != 0)
+    {
+        return fail(POLYNL_STATUS_INVALID_ARGUMENT, "workspace must be 256-byte aligned");
+    }
+    Buffers const buf = buffersIn(workspace, layout);
+    cudaGetLastError(); // Clear a stale error so the check below reports ours.
+    cudaError_t err = cudaMemsetAsync(
+        static_cast<char*>(workspace) + layout.zeroedBegin, 0, layout.zeroedEnd - layout.zeroedBegin, stream);
+    if (err == cudaSuccess)
+    {
+        switch (problem.weightType)
+        {
+        case core::DataType::kFloat32: stageWeights<float>(problem, weights, buf, stream); break;
+        case core::DataType::kFloat16: stageWeights<__half>(problem, weights, buf, stream); break;
+        case core::DataType::kBFloat16: stageWeights<__nv_bfloat16>(problem, weights, buf, stream); break;
+        }
+        switch (problem.xType)
+        {
+        case core::DataType::kFloat32: forwardTyped<float>(problem, path, x, y, buf, stream); break;
+        case core::DataType::kFloat16: forwardTyped<__half>(problem, path, x, y, buf, stream); break;
+        case core::DataType::kBFloat16: forwardTyped<__nv_bfloat16>(problem, path, x, y, buf, stream); break;
+        }
+        err = cudaGetLastError();
+    }
+    if (err != cudaSuccess)
+    {
+        return fail(POLYNL_STATUS_CUDA_ERROR, std::string("CUDA error: ") + cudaGetErrorString(err));
+    }
+    return POLYNL_STATUS_SUCCESS;
+}
+
+extern "C" char const* polynl_status_string(PolyNLStatus status)
+{
+    switch (status)
+    {
+    case POLYNL_STATUS_SUCCESS: return "success";
+    case POLYNL_STATUS_INVALID_ARGUMENT: return "invalid argument";
+    case POLYNL_STATUS_UNSUPPORTED: return "unsupported";
+    case POLYNL_STATUS_WORKSPACE_TOO_SMALL: return "workspace too small";
+    case POLYNL_STATUS_CUDA_ERROR: return "CUDA error";
+    }
+    return "unknown status";
+}
+
+extern "C" char const* polynl_last_error(void)
+{
+    return lastError.c_str();
+}
