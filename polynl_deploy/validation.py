@@ -223,10 +223,12 @@ def compare_runners(onnx_path, runners: dict[str, Runner], *, inputs: Sequence[F
 
 
 BACKENDS = ("eager", "ort")
+KNOWN_BACKENDS = (*BACKENDS, "trt")
 
 
-def make_runner(backend: str, onnx_path, model=None) -> Runner:
-    """Loader for a backend by name: ``eager`` needs the torch model, the others the ONNX file."""
+def make_runner(backend: str, onnx_path, model=None, engine_path=None) -> Runner:
+    """Loader for a backend by name: ``eager`` needs the torch model, ``trt`` an engine (default: the
+    ONNX path with suffix ``.plan``), the others the ONNX file."""
     if backend == "eager":
         if model is None:
             raise ValidationError("backend 'eager' needs the PyTorch model (give --source)")
@@ -236,7 +238,10 @@ def make_runner(backend: str, onnx_path, model=None) -> Runner:
     if backend == "ort":
         from polynl_deploy.backends.onnxruntime_backend import OnnxRuntimeRunner
         return OnnxRuntimeRunner(onnx_path)
-    raise ValidationError(f"unknown backend {backend!r}; available: {', '.join(BACKENDS)}")
+    if backend == "trt":
+        from polynl_deploy.tensorrt.runner import TensorRTRunner
+        return TensorRTRunner(engine_path or Path(onnx_path).with_suffix(".plan"))
+    raise ValidationError(f"unknown backend {backend!r}; available: {', '.join(KNOWN_BACKENDS)}")
 
 
 def validate(onnx_path, model=None, *, backends: Sequence[str] = BACKENDS, inputs: Sequence[Feed] | None = None,

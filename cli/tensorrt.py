@@ -1,0 +1,111 @@
+"""``polynl build`` and ``polynl run``: plain functions for the lead to register on the app, e.g.
+
+    from polynl_cli import tensorrt as tensorrt_commands
+    app.command()(handles_errors(tensorrt_commands.build))
+    app.command()(handles_errors(tensorrt_commands.run))
+
+TensorRT, torch and onnx are imported inside the commands only.
+"""
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+
+console = Console()
+
+ShapesOpt = Optional[list[str]]
+
+
+def _shape_overrides(mins: ShapesOpt, opts: ShapesOpt, maxs: ShapesOpt):
+    """'[INPUT:]1x3x64x64' per option -> {input: ShapeOverride}; the name may be left out for one input ('')."""
+    from polynl_deploy.sources import parse_shape
+    from polynl_deploy.tensorrt.settings import ShapeOverride
+
+    overrides: dict[str, ShapeOverride] = {}
+    for key, values in (("min", mins), ("opt", opts), ("max", maxs)):
+        for value in values or []:
+            name, _, shape = value.rpartition(":")
+            setattr(overrides.setdefault(name, ShapeOverride()), key, parse_shape(shape))
+    return overrides
+
+
+def _resolve_unnamed(onnx_path: Path, overrides: dict) -> dict:
+    """A shape given without INPUT: belongs to the model's only input."""
+    if "" not in overrides:
+        return overrides
+    from polynl_deploy.tensorrt.settings import BuildSettingsError, ShapeOverride
+    from polynl_deploy.validation import model_input_specs
+
+    specs, _, _ = model_input_specs(onnx_path)
+    if len(specs) != 1:
+        raise BuildSettingsError(f"{onnx_path} has inputs {[s.name for s in specs]}: "
+                                 "write shapes as INPUT:1x3x64x64")
+    unnamed, named = overrides.pop(""), overrides.setdefault(specs[0].name, ShapeOverride())
+    for key in ("min", "opt", "max"):
+        if getattr(unnamed, key) is not None:
+            setattr(named, key, getattr(unnamed, key))
+    return overrides
+
+
+def build(
+    onnx_path: Annotated[Path, typer.Argument(help="exported ONNX file")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="engine plan to write (plus <plan>.json)")],
+    target: Annotated[str, typer.Option(help="trt: full TensorRT + PolyNL plugin on this GPU; "
+                                              "rtx: TensorRT for RTX, ahead of time, no GPU needed")] = "trt",
+    sm: Annotated[Optional[list[int]], typer.Option(
+        "--sm", help="rtx: compute capability to build for (75, 80, 86, 89, 120, 121; repeatable)")] = None,
+    precision: Annotated[str, typer.Option(help="fp32, fp16 or bf16 (the ONNX is converted first)")] = "fp32",
+    keep_io_fp32: Annotated[bool, typer.Option("--keep-io-fp32", help="fp16/bf16 inside, float32 I/O")] = False,
+    min_shape: Annotated[ShapesOpt, typer.Option("--min", help="profile min, [INPUT:]1x3x8x8")] = None,
+    opt_shape: Annotated[ShapesOpt, typer.Option("--opt", help="profile opt (default: the export's example)")] = None,
+    max_shape: Annotated[ShapesOpt, typer.Option("--max", help="profile max (default: 2x the example)")] = None,
+    timing_cache: Annotated[Optional[Path], typer.Option(help="timing cache to read and update (trt)")] = None,
+    workspace_mib: Annotated[Optional[int], typer.Option("--workspace-mib", help="workspace limit")] = None,
+    plugin: Annotated[Optional[Path], typer.Option(help="PolyNL plugin library (trt; default: "
+                                                        "$POLYNL_PLUGIN_LIBRARY or plugins/build)")] = None,
+):
+    """Build a TensorRT engine from an exported ONNX file."""
+    from polynl_deploy.tensorrt.builder import build_engine
+    from polynl_deploy.tensorrt.settings import BuildSettings
+
+    overrides = _resolve_unnamed(onnx_path, _shape_overrides(min_shape, opt_shape, max_shape))
+    settings = BuildSettings(onnx_path, output, target=target, precision=precision, keep_io_fp32=keep_io_fp32,
+                             shape_overrides=overrides, timing_cache=timing_cache,
+                             workspace_bytes=workspace_mib * (1 << 20) if workspace_mib else None,
+                             sms=tuple(sm or (89,)), plugin_library=plugin)
+    result = build_engine(settings)
+    meta = result.metadata
+    where = ", ".join(meta["compute_capabilities"]) if "compute_capabilities" in meta else \
+        f"{meta['gpu']} (SM {meta['compute_capability']})"
+    console.print(f"wrote [bold]{result.plan_path}[/] ({result.engine_bytes / 1e6:.1f} MB, {meta['precision']}, "
+                  f"TensorRT {meta['tensorrt_version']}, for {where}) in {result.build_seconds:.1f} s")
+    console.print(f"  graph: {meta['graph']}; build record: {result.sidecar_path}")
+    for profile in meta["profiles"]:
+        console.print(f"  {profile['input']}: min {profile['min']}, opt {profile['opt']}, max {profile['max']}")
+
+
+def run(
+    model: Annotated[Path, typer.Argument(help=".onnx (ONNX Runtime) or .plan (TensorRT)")],
+    inputs: Annotated[Optional[Path], typer.Option(help=".npz of inputs by name (default: seeded random)")] = None,
+    output: Annotated[Optional[Path], typer.Option(help="write the outputs to this .npz")] = None,
+    seed: int = 0,
+    plugin: Annotated[Optional[Path], typer.Option(help="PolyNL plugin library for .plan files")] = None,
+):
+    """Run one inference and summarise the outputs."""
+    from rich.table import Table
+
+    from polynl_deploy.tensorrt.run import run_model
+
+    result = run_model(model, inputs_path=inputs, output_path=output, seed=seed, plugin_library=plugin)
+    table = Table(title=f"{model} on {result.backend}")
+    for column in ("output", "shape", "dtype", "min", "max", "mean"):
+        table.add_column(column)
+    for name, array in result.outputs.items():
+        values = array.astype("float64")
+        table.add_row(name, "x".join(map(str, array.shape)), str(array.dtype), f"{values.min():.4g}",
+                      f"{values.max():.4g}", f"{values.mean():.4g}")
+    console.print(table)
+    if output:
+        console.print(f"wrote {output}")

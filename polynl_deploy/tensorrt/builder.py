@@ -1,0 +1,274 @@
+"""build_engine: an exported ONNX file to a serialized TensorRT engine (plan) plus a sidecar JSON.
+
+Target ``trt``: full TensorRT on the GPU that will run the engine, PolyNL nodes served by the plugin
+library (``OnnxParserFlag.ENABLE_PLUGIN_OVERRIDE`` makes the plugin win over the model-local function).
+Target ``rtx``: TensorRT for RTX, ahead of time for the requested SMs, no GPU needed. Its parser does
+not take the PolyNL function body (its ``Constant value_string`` for the layout is unsupported) and it has
+no plugin layers, so custom-op files are first inlined with ``to_standard_ops`` (no If left).
+"""
+
+import hashlib
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import onnx
+
+from polynl_deploy import contract, features
+from polynl_deploy.errors import BackendUnavailableError, ModelFileError, PolyNLError
+from polynl_deploy.io import atomic_path, write_bytes_atomic
+from polynl_deploy.onnx_file import load_onnx
+from polynl_deploy.tensorrt.precision import convert_precision
+from polynl_deploy.tensorrt.profiles import Profile, profiles_for_onnx
+from polynl_deploy.tensorrt.settings import BuildSettings
+
+log = logging.getLogger(__name__)
+
+GRAPH_PLUGIN = "custom-op (PolyNL plugin)"
+GRAPH_INLINED = "standard-ops (PolyNL nodes inlined from their function bodies)"
+GRAPH_AS_EXPORTED = "standard-ops (as exported)"
+
+
+class EngineBuildError(PolyNLError):
+    """TensorRT parsed the model but could not build an engine from it."""
+
+
+@dataclass
+class BuildResult:
+    plan_path: Path
+    sidecar_path: Path
+    metadata: dict
+    engine_bytes: int
+    build_seconds: float
+
+
+def import_tensorrt(target: str):
+    """The TensorRT Python module for ``target``, or BackendUnavailableError saying how to get it."""
+    try:
+        if target == "rtx":
+            import tensorrt_rtx_bindings as trt
+        else:
+            import tensorrt as trt
+    except ImportError as exc:
+        hint = ("pip install 'polynl-deploy[tensorrt-rtx]' (tensorrt-rtx-cu13-libs and -bindings)"
+                if target == "rtx" else "install TensorRT 10.15+ (pip install tensorrt) on a machine with a GPU, "
+                "or build ahead of time with --target rtx")
+        raise BackendUnavailableError(f"target {target!r}: TensorRT is not importable ({exc}); {hint}") from exc
+    return trt
+
+
+def sha256_of(path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def count_polynl_nodes(model: onnx.ModelProto) -> int:
+    return sum(1 for n in model.graph.node if n.domain == contract.DOMAIN and n.op_type == contract.OP_TYPE)
+
+
+def prepare_onnx(model: onnx.ModelProto, settings: BuildSettings) -> tuple[onnx.ModelProto, str]:
+    """The graph the parser gets: converted to the build precision, inlined for rtx. Precision first, so
+    the inlined PolyNL bodies keep their float32 statistics."""
+    from polynl_deploy.export.exporter import to_standard_ops
+
+    converted = convert_precision(model, settings.precision, keep_io_fp32=settings.keep_io_fp32)
+    if not count_polynl_nodes(model):
+        return converted, GRAPH_AS_EXPORTED
+    if settings.target == "rtx":
+        return to_standard_ops(converted), GRAPH_INLINED
+    return converted, GRAPH_PLUGIN
+
+
+def resolve_plugin_library(settings: BuildSettings, polynl_nodes: int) -> Path | None:
+    """The plugin library for target trt: --plugin, else POLYNL_PLUGIN_LIBRARY or plugins/build."""
+    library = settings.plugin_library or features.detect().plugin_library
+    if library is not None and not Path(library).is_file():
+        raise BackendUnavailableError(f"plugin library {library}: no such file")
+    if library is None and polynl_nodes:
+        raise BackendUnavailableError(
+            f"{settings.onnx_path} has {polynl_nodes} PolyNL node(s) and target 'trt' needs the plugin library "
+            f"{features.PLUGIN_LIBRARY_NAME}: build plugins/ or set {features.PLUGIN_LIBRARY_ENV} "
+            "(or build with --target rtx, or export with --mode standard-ops)")
+    return Path(library) if library else None
+
+
+def load_plugin_library(trt, library: Path) -> None:
+    try:
+        handle = trt.get_plugin_registry().load_library(str(library))
+    except Exception as exc:  # the bindings raise RuntimeError/TypeError depending on the version
+        raise BackendUnavailableError(f"plugin library {library}: TensorRT cannot load it ({exc})") from exc
+    if handle is None:
+        raise BackendUnavailableError(f"plugin library {library}: TensorRT cannot load it (see the log above)")
+
+
+def _collecting_logger(trt):
+    """A TensorRT logger that keeps warnings and errors (for error messages) and forwards them to logging."""
+
+    class CollectingLogger(trt.ILogger):
+        def __init__(self) -> None:
+            trt.ILogger.__init__(self)
+            self.messages: list[str] = []
+
+        def log(self, severity, msg) -> None:
+            if severity <= trt.ILogger.Severity.WARNING:
+                self.messages.append(msg)
+                log.warning("TensorRT: %s", msg)
+
+    return CollectingLogger()
+
+
+def _progress_monitor(trt, progress):
+    """An IProgressMonitor driving one rich progress bar per active build phase."""
+
+    class RichProgressMonitor(trt.IProgressMonitor):
+        def __init__(self) -> None:
+            trt.IProgressMonitor.__init__(self)
+            self.tasks: dict[str, int] = {}
+
+        def phase_start(self, phase_name, parent_phase, num_steps) -> None:
+            indent = "  " if parent_phase else ""
+            self.tasks[phase_name] = progress.add_task(f"{indent}{phase_name}", total=max(num_steps, 1))
+
+        def step_complete(self, phase_name, step) -> bool:
+            if phase_name in self.tasks:
+                progress.update(self.tasks[phase_name], completed=step + 1)
+            return True  # False would cancel the build
+
+        def phase_finish(self, phase_name) -> None:
+            task = self.tasks.pop(phase_name, None)
+            if task is not None:
+                progress.remove_task(task)
+
+    return RichProgressMonitor()
+
+
+def parse_errors(parser) -> list[str]:
+    lines = []
+    for index in range(parser.num_errors):
+        error = parser.get_error(index)
+        where = f"node {error.node()} {error.node_name()!r} ({error.node_operator()})" if error.node() >= 0 else "model"
+        lines.append(f"{where}: {error.desc()}")
+    return lines
+
+
+def _create_network(trt, builder):
+    """A strongly typed network where the flag exists (TensorRT 10); TensorRT 11 / RTX type strongly anyway."""
+    flag = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
+    return builder.create_network(0 if flag is None else 1 << int(flag))
+
+
+def _configure(trt, builder, config, settings: BuildSettings, profiles: list[Profile]) -> None:
+    profile = builder.create_optimization_profile()
+    for p in profiles:
+        profile.set_shape(p.input, p.min, p.opt, p.max)
+    config.add_optimization_profile(profile)
+    if settings.workspace_bytes:
+        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, settings.workspace_bytes)
+    if settings.target == "rtx":
+        config.num_compute_capabilities = len(settings.sms)
+        for index, sm in enumerate(settings.sms):
+            config.set_compute_capability(getattr(trt.ComputeCapability, f"SM{sm}"), index)
+    elif settings.timing_cache:
+        cached = settings.timing_cache.read_bytes() if settings.timing_cache.is_file() else b""
+        config.set_timing_cache(config.create_timing_cache(cached), False)
+
+
+def _gpu_description() -> dict:
+    import torch
+
+    major, minor = torch.cuda.get_device_capability(0)
+    return {"gpu": torch.cuda.get_device_name(0), "compute_capability": f"{major}.{minor}"}
+
+
+def build_engine(settings: BuildSettings) -> BuildResult:
+    """Parse, build and serialize; write the plan unchanged and ``<plan>.json`` describing the build."""
+    trt = import_tensorrt(settings.target)
+    model = load_onnx(settings.onnx_path)
+    polynl_nodes = count_polynl_nodes(model)
+    plugin_library = None
+    if settings.target == "trt":
+        plugin_library = resolve_plugin_library(settings, polynl_nodes)
+        if plugin_library:
+            load_plugin_library(trt, plugin_library)
+    profiles = profiles_for_onnx(settings.onnx_path, max_scale=settings.max_scale, overrides=settings.shape_overrides)
+    prepared, graph_form = prepare_onnx(model, settings)
+
+    logger = _collecting_logger(trt)
+    builder = trt.Builder(logger)
+    if builder is None:
+        raise BackendUnavailableError(f"TensorRT {trt.__version__}: cannot create a builder (no usable GPU?): "
+                                      + "; ".join(logger.messages))
+    network = _create_network(trt, builder)
+    parser = trt.OnnxParser(network, logger)
+    if settings.target == "trt" and hasattr(trt.OnnxParserFlag, "ENABLE_PLUGIN_OVERRIDE"):
+        parser.set_flag(trt.OnnxParserFlag.ENABLE_PLUGIN_OVERRIDE)
+    if not parser.parse(prepared.SerializeToString(), str(settings.onnx_path)):
+        raise ModelFileError(f"{settings.onnx_path}: the TensorRT {trt.__version__} ONNX parser rejected the "
+                             f"{graph_form} graph:\n  " + "\n  ".join(parse_errors(parser)))
+    config = builder.create_builder_config()
+    _configure(trt, builder, config, settings, profiles)
+
+    started = time.perf_counter()
+    serialized = _build_with_progress(trt, builder, network, config, settings.show_progress)
+    build_seconds = time.perf_counter() - started
+    if serialized is None:
+        raise EngineBuildError(f"{settings.onnx_path}: TensorRT {trt.__version__} could not build an engine:\n  "
+                               + "\n  ".join(logger.messages[-10:] or ["(no message from TensorRT)"]))
+    plan = memoryview(serialized)
+    with atomic_path(settings.plan_path) as tmp:
+        tmp.write_bytes(plan)
+    if settings.timing_cache and settings.target == "trt":
+        write_bytes_atomic(settings.timing_cache, bytes(memoryview(config.get_timing_cache().serialize())))
+
+    metadata = {
+        "target": settings.target,
+        "tensorrt_version": trt.__version__,
+        **({"compute_capabilities": [f"SM{sm}" for sm in settings.sms]} if settings.target == "rtx"
+           else _gpu_description()),
+        "precision": settings.precision,
+        "keep_io_fp32": settings.keep_io_fp32,
+        "graph": graph_form,
+        "polynl_nodes": polynl_nodes,
+        "profiles": [p.to_json() for p in profiles],
+        "onnx_path": str(settings.onnx_path),
+        "onnx_sha256": sha256_of(settings.onnx_path),
+        "plugin_library": str(plugin_library) if plugin_library else None,
+        "plugin_library_sha256": sha256_of(plugin_library) if plugin_library else None,
+        "timing_cache": str(settings.timing_cache) if settings.timing_cache and settings.target == "trt" else None,
+        "engine_bytes": plan.nbytes,
+        "build_seconds": round(build_seconds, 3),
+    }
+    write_bytes_atomic(settings.sidecar_path, json.dumps(metadata, indent=2).encode())
+    return BuildResult(settings.plan_path, settings.sidecar_path, metadata, plan.nbytes, build_seconds)
+
+
+def _build_with_progress(trt, builder, network, config, show_progress: bool):
+    if not show_progress:
+        return builder.build_serialized_network(network, config)
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=Console(stderr=True), transient=True) as progress:
+        monitor = _progress_monitor(trt, progress)
+        config.progress_monitor = monitor
+        try:
+            return builder.build_serialized_network(network, config)
+        finally:
+            config.progress_monitor = None
+
+
+def read_sidecar(plan_path) -> dict:
+    """The build description next to a plan (``<plan>.json``), or {} when there is none."""
+    sidecar = Path(plan_path).with_name(Path(plan_path).name + ".json")
+    if not sidecar.is_file():
+        return {}
+    try:
+        return json.loads(sidecar.read_text())
+    except (OSError, ValueError) as exc:
+        raise ModelFileError(f"{sidecar}: unreadable engine sidecar ({exc})") from exc

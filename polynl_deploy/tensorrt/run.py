@@ -1,0 +1,72 @@
+"""run_model: one inference of an ONNX file (ONNX Runtime) or an engine plan (TensorRT), inputs from an
+.npz or generated, outputs optionally saved to an .npz."""
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from polynl_deploy import defaults
+from polynl_deploy.backends.base import Runner
+from polynl_deploy.errors import InputError
+from polynl_deploy.io import atomic_path
+
+PLAN_SUFFIXES = (".plan", ".engine", ".trt")
+
+
+@dataclass
+class RunResult:
+    backend: str
+    inputs: dict[str, np.ndarray]
+    outputs: dict[str, np.ndarray]
+
+
+def load_runner(model_path, plugin_library=None) -> Runner:
+    path = Path(model_path)
+    if path.suffix in PLAN_SUFFIXES:
+        from polynl_deploy.tensorrt.runner import TensorRTRunner
+        return TensorRTRunner(path, plugin_library)
+    from polynl_deploy.backends.onnxruntime_backend import OnnxRuntimeRunner
+    return OnnxRuntimeRunner(path)
+
+
+def read_npz_feed(path) -> dict[str, np.ndarray]:
+    """Arrays keyed by input name; a ``--save-inputs`` file (keys ``<set>/<name>``) gives its first set."""
+    from polynl_deploy.validation import load_inputs
+
+    with np.load(path, allow_pickle=False) as data:
+        keys = list(data.files)
+        if keys and all("/" not in k for k in keys):
+            return {k: data[k] for k in keys}
+    return load_inputs(path)[0]
+
+
+def example_feed(runner: Runner, model_path, seed: int) -> dict[str, np.ndarray]:
+    """Seeded random inputs at the export's example shape (ONNX) or the profile's opt shape (plan)."""
+    from polynl_deploy.tensorrt.builder import read_sidecar
+    from polynl_deploy.validation import model_input_specs, random_feed
+
+    if Path(model_path).suffix in PLAN_SUFFIXES:
+        shapes = {p["input"]: p["opt"] for p in read_sidecar(model_path).get("profiles", [])}
+    else:
+        specs, _, examples = model_input_specs(model_path)
+        shapes = {spec.name: list(example) for spec, example in zip(specs, examples)}
+    missing = [s.name for s in runner.input_specs if s.name not in shapes and not all(
+        isinstance(d, int) for d in s.shape)]
+    if missing:
+        raise InputError(f"{model_path}: no example shape known for inputs {missing}; give --inputs")
+    shapes = {s.name: shapes.get(s.name, list(s.shape)) for s in runner.input_specs}
+    return random_feed(runner.input_specs, shapes, np.random.default_rng(seed))
+
+
+def run_model(model_path, *, inputs_path=None, output_path=None, seed: int = defaults.SEED,
+              plugin_library=None) -> RunResult:
+    runner = load_runner(model_path, plugin_library)
+    if inputs_path is not None and not Path(inputs_path).is_file():
+        raise InputError(f"{inputs_path}: no such inputs file")
+    feed = read_npz_feed(inputs_path) if inputs_path else example_feed(runner, model_path, seed)
+    outputs = runner.infer(feed)
+    if output_path is not None:
+        with atomic_path(output_path) as tmp, open(tmp, "wb") as handle:
+            np.savez(handle, **outputs)
+    return RunResult(runner.name, feed, outputs)

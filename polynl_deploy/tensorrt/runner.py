@@ -1,0 +1,85 @@
+"""TensorRTRunner: a serialized engine behind the Runner interface, run on a CUDA stream with torch tensors.
+
+Engines built for target ``rtx`` (see the ``<plan>.json`` sidecar) are deserialized with TensorRT for RTX,
+the others with full TensorRT after loading the PolyNL plugin library.
+"""
+
+from pathlib import Path
+
+import numpy as np
+
+from polynl_deploy import features
+from polynl_deploy.backends.base import Runner, TensorSpec
+from polynl_deploy.errors import BackendUnavailableError, ModelFileError
+from polynl_deploy.tensorrt.builder import import_tensorrt, load_plugin_library, read_sidecar
+
+_NUMPY_TYPES = {"FLOAT": "float32", "HALF": "float16", "BF16": "bfloat16", "INT32": "int32", "INT64": "int64",
+                "INT8": "int8", "UINT8": "uint8", "BOOL": "bool"}
+
+
+class TensorRTRunner(Runner):
+    name = "trt"
+
+    def __init__(self, plan_path, plugin_library=None) -> None:
+        import torch
+
+        self.path = Path(plan_path)
+        if not self.path.is_file():
+            raise ModelFileError(f"{self.path}: no such engine file")
+        if not torch.cuda.is_available():
+            raise BackendUnavailableError(f"{self.path}: running a TensorRT engine needs a CUDA GPU")
+        self.sidecar = read_sidecar(self.path)
+        self.trt = trt = import_tensorrt(self.sidecar.get("target", "trt"))
+        library = plugin_library or self.sidecar.get("plugin_library") or features.detect().plugin_library
+        if library and self.sidecar.get("target", "trt") == "trt":
+            load_plugin_library(trt, Path(library))
+        self._logger = trt.Logger(trt.Logger.WARNING)
+        self._runtime = trt.Runtime(self._logger)
+        self.engine = self._runtime.deserialize_cuda_engine(self.path.read_bytes())
+        if self.engine is None:
+            raise ModelFileError(f"{self.path}: TensorRT {trt.__version__} cannot deserialize it (built with another "
+                                 "version, for another GPU, or without the plugin library loaded?)")
+        self.context = self.engine.create_execution_context()
+        self.stream = torch.cuda.Stream()
+        names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
+        is_input = {n: self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT for n in names}
+        self._input_specs = [TensorSpec(n, self._dtype(n), tuple(d if d >= 0 else None
+                                                                  for d in self.engine.get_tensor_shape(n)))
+                             for n in names if is_input[n]]
+        self._output_names = [n for n in names if not is_input[n]]
+        if any(self.engine.get_tensor_dtype(n).name == "BF16" for n in names):
+            raise ModelFileError(f"{self.path}: bfloat16 engine inputs/outputs cannot be fed from numpy; "
+                                 "rebuild with --keep-io-fp32")
+
+    def _dtype(self, name: str) -> str:
+        return _NUMPY_TYPES[self.engine.get_tensor_dtype(name).name]
+
+    @property
+    def input_specs(self) -> list[TensorSpec]:
+        return self._input_specs
+
+    @property
+    def output_names(self) -> list[str]:
+        return self._output_names
+
+    def _infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        import torch
+
+        with torch.cuda.stream(self.stream):
+            keep_alive = []
+            for spec in self._input_specs:
+                tensor = torch.from_numpy(feed[spec.name]).to("cuda", non_blocking=True)
+                keep_alive.append(tensor)
+                self.context.set_input_shape(spec.name, tuple(tensor.shape))
+                self.context.set_tensor_address(spec.name, tensor.data_ptr())
+            outputs = {}
+            for name in self._output_names:
+                shape = tuple(self.context.get_tensor_shape(name))
+                dtype = getattr(torch, self._dtype(name))
+                outputs[name] = torch.empty(shape, dtype=dtype, device="cuda")
+                self.context.set_tensor_address(name, outputs[name].data_ptr())
+            if not self.context.execute_async_v3(self.stream.cuda_stream):
+                raise ModelFileError(f"{self.path}: TensorRT execution failed for shapes "
+                                     f"{ {k: v.shape for k, v in feed.items()} }")
+        self.stream.synchronize()
+        return {name: tensor.cpu().numpy() for name, tensor in outputs.items()}

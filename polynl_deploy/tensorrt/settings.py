@@ -1,0 +1,75 @@
+"""BuildSettings: everything one engine build needs, checked before TensorRT is touched."""
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from polynl_deploy.errors import PolyNLError
+
+TARGETS = ("trt", "rtx")
+"""trt: full TensorRT with the PolyNL plugin, built on the GPU it runs on.
+rtx: TensorRT for RTX, plugin-free graph, built ahead of time for the listed SMs (no GPU needed)."""
+PRECISIONS = ("fp32", "fp16", "bf16")
+RTX_SMS = (75, 80, 86, 89, 120, 121)
+"""Compute capabilities TensorRT for RTX 1.7 can target (``trt.ComputeCapability.SM<n>``); no SM90."""
+DEFAULT_MAX_SCALE = 2
+"""Default profile max: this multiple of the export's example size on every dynamic axis."""
+
+Shape = tuple[int, ...]
+
+
+class BuildSettingsError(PolyNLError):
+    """An engine build was asked for with inconsistent settings."""
+
+
+@dataclass
+class ShapeOverride:
+    """Profile shapes given by the user for one input; unset ones keep their derived defaults."""
+    min: Shape | None = None
+    opt: Shape | None = None
+    max: Shape | None = None
+
+
+@dataclass
+class BuildSettings:
+    onnx_path: Path
+    plan_path: Path
+    target: str = "trt"
+    precision: str = "fp32"
+    keep_io_fp32: bool = False
+    shape_overrides: dict[str, ShapeOverride] = field(default_factory=dict)
+    max_scale: float = DEFAULT_MAX_SCALE
+    timing_cache: Path | None = None   # read if present, written after the build (full TensorRT only)
+    workspace_bytes: int | None = None
+    sms: tuple[int, ...] = (89,)       # rtx only
+    plugin_library: Path | None = None  # trt only; defaults to features.detect().plugin_library
+    show_progress: bool = True
+
+    def __post_init__(self) -> None:
+        self.onnx_path, self.plan_path = Path(self.onnx_path), Path(self.plan_path)
+        self.timing_cache = Path(self.timing_cache) if self.timing_cache else None
+        self.plugin_library = Path(self.plugin_library) if self.plugin_library else None
+        self.sms = tuple(int(sm) for sm in self.sms)
+        self.check()
+
+    def check(self) -> None:
+        if self.target not in TARGETS:
+            raise BuildSettingsError(f"target must be one of {TARGETS}, got {self.target!r}")
+        if self.precision not in PRECISIONS:
+            raise BuildSettingsError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if self.keep_io_fp32 and self.precision == "fp32":
+            raise BuildSettingsError("keep_io_fp32 only applies to fp16/bf16 builds")
+        if self.max_scale < 1:
+            raise BuildSettingsError(f"max_scale must be >= 1, got {self.max_scale}")
+        if self.workspace_bytes is not None and self.workspace_bytes <= 0:
+            raise BuildSettingsError(f"workspace must be positive, got {self.workspace_bytes} bytes")
+        if self.target == "rtx":
+            unknown = [sm for sm in self.sms if sm not in RTX_SMS]
+            if not self.sms or unknown:
+                raise BuildSettingsError(f"TensorRT for RTX targets SMs {list(RTX_SMS)}; got {list(self.sms)}")
+            if self.plugin_library is not None:
+                raise BuildSettingsError("target rtx builds plugin-free graphs; --plugin applies to target trt")
+
+    @property
+    def sidecar_path(self) -> Path:
+        """``model.plan`` -> ``model.plan.json``: how the engine was built."""
+        return self.plan_path.with_name(self.plan_path.name + ".json")

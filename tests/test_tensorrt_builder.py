@@ -1,0 +1,103 @@
+"""Builder, runner and CLI without TensorRT: clear errors, and ``polynl run`` on ONNX Runtime."""
+
+import sys
+
+import numpy as np
+import pytest
+import torch
+import typer
+from typer.testing import CliRunner
+
+from fixture_models import TokenNet, token_net
+from polynl_deploy.errors import BackendUnavailableError, ModelFileError
+from polynl_deploy.export.exporter import export_onnx
+from polynl_deploy.tensorrt.builder import build_engine, import_tensorrt, resolve_plugin_library
+from polynl_deploy.tensorrt.settings import BuildSettings
+
+
+@pytest.fixture(scope="module")
+def tokens_onnx(tmp_path_factory):
+    path = tmp_path_factory.mktemp("builder") / "tokens.onnx"
+    export_onnx(token_net(), torch.randn(*TokenNet.default_input_shape), path)
+    return path
+
+
+@pytest.fixture
+def no_tensorrt(monkeypatch):
+    """TensorRT absent: importing either module raises ImportError."""
+    monkeypatch.setitem(sys.modules, "tensorrt", None)
+    monkeypatch.setitem(sys.modules, "tensorrt_rtx_bindings", None)
+
+
+@pytest.mark.parametrize("target, hint", [("trt", "--target rtx"), ("rtx", "tensorrt-rtx")])
+def test_missing_tensorrt_is_a_clear_error(no_tensorrt, tokens_onnx, tmp_path, target, hint):
+    with pytest.raises(BackendUnavailableError, match=hint):
+        build_engine(BuildSettings(tokens_onnx, tmp_path / "m.plan", target=target))
+    assert not (tmp_path / "m.plan").exists()
+
+
+def test_trt_target_without_plugin_library_says_how_to_get_one(tokens_onnx, tmp_path, monkeypatch):
+    from polynl_deploy import features
+
+    monkeypatch.setattr(features, "detect", lambda: type("F", (), {"plugin_library": None})())
+    settings = BuildSettings(tokens_onnx, tmp_path / "m.plan")
+    with pytest.raises(BackendUnavailableError, match=r"2 PolyNL node\(s\).*POLYNL_PLUGIN_LIBRARY"):
+        resolve_plugin_library(settings, 2)
+    assert resolve_plugin_library(settings, 0) is None
+    missing = BuildSettings(tokens_onnx, tmp_path / "m.plan", plugin_library=tmp_path / "nope.so")
+    with pytest.raises(BackendUnavailableError, match="no such file"):
+        resolve_plugin_library(missing, 2)
+
+
+def test_import_tensorrt_for_rtx_when_installed():
+    pytest.importorskip("tensorrt_rtx_bindings")
+    assert import_tensorrt("rtx").__name__ == "tensorrt_rtx_bindings"
+
+
+def test_runner_refuses_missing_engine(tmp_path):
+    from polynl_deploy.tensorrt.runner import TensorRTRunner
+
+    with pytest.raises(ModelFileError, match="no such engine file"):
+        TensorRTRunner(tmp_path / "missing.plan")
+
+
+def test_validation_knows_the_trt_backend(tokens_onnx):
+    from polynl_deploy.validation import make_runner
+
+    with pytest.raises(ModelFileError, match=r"tokens\.plan: no such engine file"):
+        make_runner("trt", tokens_onnx)
+
+
+def cli_app():
+    from polynl_cli import tensorrt as commands
+
+    app = typer.Typer()
+    app.command()(commands.build)
+    app.command()(commands.run)
+    return app
+
+
+def test_cli_run_onnx_with_generated_and_saved_inputs(tokens_onnx, tmp_path):
+    out = tmp_path / "out.npz"
+    result = CliRunner(env={"COLUMNS": "200"}).invoke(cli_app(), ["run", str(tokens_onnx), "--output", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "on ort" in " ".join(result.output.split())  # the table title wraps to the table width
+    with np.load(out) as outputs:
+        assert outputs["output"].shape == (2, 9, 3)
+    inputs = tmp_path / "in.npz"
+    np.savez(inputs, x=np.ones((1, 5, 10), np.float32))
+    result = CliRunner(env={"COLUMNS": "200"}).invoke(cli_app(), ["run", str(tokens_onnx), "--inputs", str(inputs), "--output", str(out)])
+    assert result.exit_code == 0, result.output
+    with np.load(out) as outputs:
+        assert outputs["output"].shape == (1, 5, 3)
+
+
+@pytest.mark.tensorrt_rtx
+def test_cli_build_rtx_with_shape_options(tokens_onnx, tmp_path):
+    plan = tmp_path / "tokens.plan"
+    result = CliRunner(env={"COLUMNS": "200"}).invoke(cli_app(), ["build", str(tokens_onnx), "-o", str(plan), "--target", "rtx",
+                                            "--sm", "89", "--sm", "121", "--precision", "fp16", "--keep-io-fp32",
+                                            "--max", "8x64x10", "--opt", "x:4x32x10"])
+    assert result.exit_code == 0, result.output
+    assert plan.is_file() and "SM89, SM121" in result.output
+    assert "opt [4, 32, 10], max [8, 64, 10]" in result.output

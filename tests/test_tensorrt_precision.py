@@ -1,0 +1,105 @@
+"""fp16/bf16 conversion of exported files, checked with ONNX Runtime against eager PyTorch."""
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from fixture_models import TokenNet, TwoBlockNet, token_net, two_block_net
+from polynl_deploy import defaults
+from polynl_deploy.export.exporter import export_onnx, to_standard_ops
+from polynl_deploy.tensorrt.precision import PRECISION_KEY, convert_onnx_file, convert_precision
+
+FP16 = defaults.TOLERANCES["float16"]
+MODELS = {"maps": (two_block_net, TwoBlockNet.default_input_shape),
+          "tokens": (token_net, TokenNet.default_input_shape)}
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """{(name, mode): (onnx path, example input, eager output)}."""
+    folder = tmp_path_factory.mktemp("precision")
+    files = {}
+    for name, (factory, shape) in MODELS.items():
+        model = factory()
+        x = torch.randn(*shape, generator=torch.Generator().manual_seed(3))
+        with torch.no_grad():
+            expected = model(x).numpy()
+        for mode in ("custom-op", "standard-ops"):
+            path = folder / f"{name}_{mode}.onnx"
+            export_onnx(model, x, path, mode=mode)
+            files[name, mode] = (path, x.numpy(), expected)
+    return files
+
+
+def run_ort(model_or_path, x):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    source = model_or_path.SerializeToString() if isinstance(model_or_path, onnx.ModelProto) else str(model_or_path)
+    session = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+    return session.run(None, {session.get_inputs()[0].name: x})[0]
+
+
+def assert_fp16_close(actual, expected):
+    actual = actual.astype(np.float32)
+    assert np.all(np.abs(actual - expected) <= FP16["atol"] + FP16["rtol"] * np.abs(expected)), \
+        f"max abs error {np.abs(actual - expected).max():.3g}"
+
+
+@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("mode", ["custom-op", "standard-ops"])
+@pytest.mark.parametrize("keep_io_fp32", [False, True])
+def test_fp16_runs_in_onnxruntime_and_matches_eager(exported, tmp_path, name, mode, keep_io_fp32):
+    path, x, expected = exported[name, mode]
+    converted = convert_onnx_file(path, tmp_path / "fp16.onnx", "fp16", keep_io_fp32=keep_io_fp32)
+    io_type = onnx.TensorProto.FLOAT if keep_io_fp32 else onnx.TensorProto.FLOAT16
+    assert converted.graph.input[0].type.tensor_type.elem_type == io_type
+    assert converted.graph.output[0].type.tensor_type.elem_type == io_type
+    assert {p.key: p.value for p in converted.metadata_props}[PRECISION_KEY] == "fp16"
+    actual = run_ort(tmp_path / "fp16.onnx", x if keep_io_fp32 else x.astype(np.float16))
+    assert actual.dtype == (np.float32 if keep_io_fp32 else np.float16)
+    assert_fp16_close(actual, expected)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_fp16_then_inlined_keeps_float32_statistics(exported, name):
+    """Converting the custom-op file before inlining keeps the body's Cast to float32 for the statistics."""
+    path, x, expected = exported[name, "custom-op"]
+    from polynl_deploy.onnx_file import load_onnx
+
+    inlined = to_standard_ops(convert_precision(load_onnx(path), "fp16"))
+    casts_to_float = [n for n in inlined.graph.node if n.op_type == "Cast"
+                      and n.attribute[0].i == onnx.TensorProto.FLOAT]
+    assert len(casts_to_float) >= 2   # one per block, for X
+    assert_fp16_close(run_ort(inlined, x.astype(np.float16)), expected)
+
+
+def test_fp32_is_an_unchanged_copy(exported):
+    from polynl_deploy.onnx_file import load_onnx
+
+    model = load_onnx(exported["maps", "custom-op"][0])
+    assert convert_precision(model, "fp32") == model
+
+
+@pytest.mark.parametrize("mode", ["custom-op", "standard-ops"])
+def test_bf16_converts_types_and_keeps_float32_io(exported, tmp_path, mode):
+    """ONNX Runtime's CPU provider has no bfloat16 Conv/MatMul: only the graph's types are checked here;
+    the RTX tests build bf16 engines from these files."""
+    path, _, _ = exported["maps", mode]
+    converted = convert_onnx_file(path, tmp_path / "bf16.onnx", "bf16", keep_io_fp32=True)
+    types = {t.data_type for t in converted.graph.initializer}
+    assert onnx.TensorProto.BFLOAT16 in types
+    assert converted.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    casts = [n for n in converted.graph.node if n.op_type == "Cast"]
+    assert casts[0].input[0] == "x" and casts[0].attribute[0].i == onnx.TensorProto.BFLOAT16
+    assert casts[-1].output[0] == converted.graph.output[0].name
+
+
+def test_unknown_precision_is_refused(exported):
+    from polynl_deploy.errors import ExportError
+    from polynl_deploy.onnx_file import load_onnx
+
+    with pytest.raises(ExportError, match="fp32, fp16 or bf16"):
+        convert_precision(load_onnx(exported["maps", "custom-op"][0]), "int8")
