@@ -46,13 +46,12 @@ class _Block:
         return helper.make_graph(self.nodes, name, [], [onnx.ValueInfoProto(name=output)])
 
 
-def _attribute_constant(block: _Block, attr: str, kind: str) -> str:
-    """Constant node whose value is the calling node's attribute ``attr`` (value_float/value_string)."""
+def _attribute_constant(block: _Block, attr: str) -> str:
+    """Constant node whose value is the calling node's float attribute ``attr``."""
     out = f"{block.prefix}{attr}"
     node = helper.make_node("Constant", [], [out])
-    node.attribute.append(onnx.AttributeProto(
-        name=f"value_{kind}", ref_attr_name=attr,
-        type=onnx.AttributeProto.FLOAT if kind == "float" else onnx.AttributeProto.STRING))
+    node.attribute.append(onnx.AttributeProto(name="value_float", ref_attr_name=attr,
+                                              type=onnx.AttributeProto.FLOAT))
     block.nodes.append(node)
     return out
 
@@ -121,7 +120,7 @@ def _body(top: _Block, layout: str | None, unfolded: bool | None) -> str:
     """Nodes of the block into ``top``; None for layout/unfolded means: decide at run time with If."""
     w = {name: top.op("Cast", name, to=FLOAT) for name in contract.INPUT_NAMES[1:]}
     x = contract.INPUT_NAMES[0]
-    alpha = _attribute_constant(top, "alpha", "float")
+    alpha = _attribute_constant(top, "alpha")
     channels = top.op("Shape", "Wq", start=0, end=1)
     eye = top.op("EyeLike", top.op("ConstantOfShape", top.op("Concat", channels, channels, axis=0),
                                    value=helper.make_tensor("zero", FLOAT, [1], [0.0])))
@@ -153,8 +152,11 @@ def _body(top: _Block, layout: str | None, unfolded: bool | None) -> str:
 
     if layout is not None:
         return maps(top) if layout == contract.LAYOUT_MAPS else tokens(top)
-    layout_value = _attribute_constant(top, "layout", "string")
-    is_maps = top.op("Equal", layout_value, top.op("Constant", value_string=contract.LAYOUT_MAPS))
+    # The layout follows from the rank of X (4: maps, 3: tokens). Shape(Shape(X)) is known before
+    # run time even with dynamic dims, so runtimes fold the If; TensorRT's parser cannot read
+    # string constants, which comparing the `layout` attribute would need.
+    rank = top.op("Shape", top.op("Shape", x))
+    is_maps = top.op("Equal", rank, top.const(4))
     maps_b, tokens_b = top.branch("maps_", maps), top.branch("tokens_", tokens)
     return top.op("If", is_maps, then_branch=maps_b.graph("maps", maps_b.output),
                   else_branch=tokens_b.graph("tokens", tokens_b.output))

@@ -2,9 +2,10 @@
 
 Target ``trt``: full TensorRT on the GPU that will run the engine, PolyNL nodes served by the plugin
 library (``OnnxParserFlag.ENABLE_PLUGIN_OVERRIDE`` makes the plugin win over the model-local function).
-Target ``rtx``: TensorRT for RTX, ahead of time for the requested SMs, no GPU needed. Its parser does
-not take the PolyNL function body (its ``Constant value_string`` for the layout is unsupported) and it has
-no plugin layers, so custom-op files are first inlined with ``to_standard_ops`` (no If left).
+Target ``rtx``: TensorRT for RTX, ahead of time for the requested SMs, no GPU needed. It has no plugin
+layers. Its parser does import the PolyNL function body, but turns the body's If nodes (layout, form)
+into conditional layers holding both branches, whose shapes conflict at build time; so custom-op files
+are first inlined with ``to_standard_ops`` (each node's specialized body, no If left).
 """
 
 import hashlib
