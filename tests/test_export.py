@@ -173,6 +173,18 @@ def test_static_export_fixes_shapes(tmp_path):
     export_onnx(model, torch.randn(2, 3, 10, 14), path, dynamic=False)
     dims = [d.dim_value for d in onnx.load(str(path)).graph.input[0].type.tensor_type.shape.dim]
     assert dims == [2, 3, 10, 14]
+    x = np.random.default_rng(7).standard_normal((2, 3, 10, 14)).astype(np.float32)
+    np.testing.assert_allclose(ort_run(path, x), eager(model, x), atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("block,shape", [(PolyNL2d(8), (2, 8, 5, 6)), (PolyNLTokens(8, reduction=4), (2, 5, 8))])
+def test_static_single_block_runs_on_ort(tmp_path, block, shape):
+    """ORT checks the shapes of the untaken If branch too: both branches must fit any static shape."""
+    block = randomize(block, seed=8)
+    path = tmp_path / "static_block.onnx"
+    export_onnx(block, torch.randn(*shape), path, dynamic=False)
+    x = np.random.default_rng(8).standard_normal(shape).astype(np.float32)
+    np.testing.assert_allclose(ort_run(path, x), eager(block, x), atol=1e-5, rtol=1e-4)
 
 
 def test_model_without_blocks_exports(tmp_path):

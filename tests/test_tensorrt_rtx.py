@@ -13,7 +13,7 @@ from fixture_models import TokenNet, TwoBlockNet, token_net, two_block_net
 from polynl_deploy import contract
 from polynl_deploy.errors import ModelFileError
 from polynl_deploy.export.exporter import export_onnx
-from polynl_deploy.tensorrt.builder import GRAPH_INLINED, build_engine, sha256_of
+from polynl_deploy.tensorrt.builder import GRAPH_FUNCTION_BODY, build_engine, sha256_of
 from polynl_deploy.tensorrt.settings import BuildSettings, ShapeOverride
 
 pytestmark = pytest.mark.tensorrt_rtx
@@ -48,7 +48,7 @@ def test_rtx_builds_custom_op_file_for_sms(exported, tmp_path, name, sms):
     import tensorrt_rtx_bindings as trt
     assert sidecar["tensorrt_version"] == trt.__version__
     assert sidecar["compute_capabilities"] == [f"SM{sm}" for sm in sms]
-    assert sidecar["graph"] == GRAPH_INLINED and sidecar["polynl_nodes"] == 2
+    assert sidecar["graph"] == GRAPH_FUNCTION_BODY and sidecar["polynl_nodes"] == 2
     assert sidecar["onnx_sha256"] == sha256_of(exported[name])
     assert sidecar["plugin_library"] is None and sidecar["precision"] == "fp32"
     assert sidecar["profiles"][0]["input"] == "x" and sidecar["profiles"][0]["min"][0] == 1
@@ -69,8 +69,7 @@ def test_rtx_builds_with_progress_bar(exported, tmp_path):
 
 @pytest.mark.parametrize("layout", ["maps", "tokens"])
 def test_rtx_parser_imports_the_function_body(exported, layout):
-    """Without a registered plugin creator the parser imports each PolyNL node's function body
-    (building it is another matter: see the builder's docstring for why rtx builds inline first)."""
+    """Without a registered plugin creator the parser imports each PolyNL node's function body."""
     import tensorrt_rtx_bindings as trt
 
     logger = trt.Logger(trt.Logger.ERROR)

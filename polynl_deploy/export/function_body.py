@@ -137,18 +137,24 @@ def _body(top: _Block, layout: str | None, unfolded: bool | None) -> str:
         return b.op("If", use_unfolded, then_branch=then_b.graph("unfolded", then_b.output),
                     else_branch=else_b.graph("folded", else_b.output))
 
+    # Both layouts reshape X with C taken from the weights, so each branch is shape-consistent for any
+    # input: runtimes check the shapes of an If's untaken branch too (static H, W or N included).
+    batch = top.op("Shape", x, start=0, end=1)
+
     def maps(b: _Block) -> str:
         # flatten (B, C, H, W) to (B, C, N) and back
-        xr = b.op("Reshape", x, b.op("Concat", b.op("Shape", x, start=0, end=2), b.const(-1), axis=0))
+        xr = b.op("Reshape", x, b.op("Concat", batch, channels, b.const(-1), axis=0))
         xr32 = b.op("Cast", xr, to=FLOAT)
         flat = choose(b, "m", lambda c: _unfolded_maps(c, w, xr32, xr, alpha, x_alpha),
                       lambda c: _folded_maps(c, w, xr32, xr, alpha, eye))
         return b.op("Reshape", flat, b.op("Shape", x))
 
     def tokens(b: _Block) -> str:
-        x32 = b.op("Cast", x, to=FLOAT)
-        return choose(b, "t", lambda c: _unfolded_tokens(c, w, x32, x, alpha, x_alpha),
-                      lambda c: _folded_tokens(c, w, x32, x, alpha, eye))
+        xt = b.op("Reshape", x, b.op("Concat", batch, b.const(-1), channels, axis=0))
+        x32 = b.op("Cast", xt, to=FLOAT)
+        out = choose(b, "t", lambda c: _unfolded_tokens(c, w, x32, xt, alpha, x_alpha),
+                     lambda c: _folded_tokens(c, w, x32, xt, alpha, eye))
+        return b.op("Reshape", out, b.op("Shape", x))
 
     if layout is not None:
         return maps(top) if layout == contract.LAYOUT_MAPS else tokens(top)

@@ -3,9 +3,7 @@
 Target ``trt``: full TensorRT on the GPU that will run the engine, PolyNL nodes served by the plugin
 library (``OnnxParserFlag.ENABLE_PLUGIN_OVERRIDE`` makes the plugin win over the model-local function).
 Target ``rtx``: TensorRT for RTX, ahead of time for the requested SMs, no GPU needed. It has no plugin
-layers. Its parser does import the PolyNL function body, but turns the body's If nodes (layout, form)
-into conditional layers holding both branches, whose shapes conflict at build time; so custom-op files
-are first inlined with ``to_standard_ops`` (each node's specialized body, no If left).
+layers: its parser imports each PolyNL node's model-local function body (standard ops).
 """
 
 import hashlib
@@ -28,7 +26,7 @@ from polynl_deploy.tensorrt.settings import BuildSettings
 log = logging.getLogger(__name__)
 
 GRAPH_PLUGIN = "custom-op (PolyNL plugin)"
-GRAPH_INLINED = "standard-ops (PolyNL nodes inlined from their function bodies)"
+GRAPH_FUNCTION_BODY = "custom-op (the parser imports each PolyNL node's model-local function body)"
 GRAPH_AS_EXPORTED = "standard-ops (as exported)"
 
 
@@ -73,15 +71,13 @@ def count_polynl_nodes(model: onnx.ModelProto) -> int:
 
 
 def prepare_onnx(model: onnx.ModelProto, settings: BuildSettings) -> tuple[onnx.ModelProto, str]:
-    """The graph the parser gets: converted to the build precision, inlined for rtx. Precision first, so
-    the inlined PolyNL bodies keep their float32 statistics."""
-    from polynl_deploy.export.exporter import to_standard_ops
-
+    """The graph the parser gets, converted to the build precision. Without plugin layers (rtx) the
+    parser imports the PolyNL function bodies, which keep their float32 statistics."""
     converted = convert_precision(model, settings.precision, keep_io_fp32=settings.keep_io_fp32)
     if not count_polynl_nodes(model):
         return converted, GRAPH_AS_EXPORTED
     if settings.target == "rtx":
-        return to_standard_ops(converted), GRAPH_INLINED
+        return converted, GRAPH_FUNCTION_BODY
     return converted, GRAPH_PLUGIN
 
 
