@@ -91,7 +91,10 @@ def validate(
     onnx_path: Annotated[Path, typer.Argument(help="exported ONNX file")],
     source: Annotated[Optional[str], typer.Option(help="the PyTorch model (reference), as for export")] = None,
     checkpoint: CheckpointOpt = None,
-    backends: Annotated[str, typer.Option(help="comma-separated; the first is the reference")] = "eager,ort",
+    backends: Annotated[str, typer.Option(help="comma-separated from eager, ort, trt; the first is the reference")
+                        ] = "eager,ort",
+    engine: Annotated[Optional[Path], typer.Option(help="TensorRT plan for backend trt (default: ONNX path "
+                                                        "with .plan)")] = None,
     seed: int = 0,
     atol: Annotated[Optional[float], typer.Option(help="absolute tolerance for every output")] = None,
     rtol: Annotated[Optional[float], typer.Option(help="relative tolerance for every output")] = None,
@@ -106,7 +109,7 @@ def validate(
     from polynl_deploy.workflows import run_validate
 
     settings = ValidateSettings(onnx_path, source, checkpoint, tuple(b.strip() for b in backends.split(",")),
-                                seed, atol, rtol, _per_output(tolerance), report, save_inputs, load_inputs)
+                                seed, atol, rtol, _per_output(tolerance), report, save_inputs, load_inputs, engine)
     result = run_validate(settings)
     render(result, console)
     if not result.passed:
@@ -147,6 +150,26 @@ def doctor(as_json: Annotated[bool, typer.Option("--json", help="print JSON")] =
 
 @app.command()
 @handles_errors
+def models(as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False):
+    """The model zoo: names usable as SOURCE, parameter counts, default input shapes."""
+    from polynl_models.registry import describe_models
+
+    rows = describe_models()
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return
+    from rich.table import Table
+    table = Table(title="polynl model zoo")
+    for column in ("name", "parameters", "input (C, H, W)", "checkpoint", "description"):
+        table.add_column(column)
+    for row in rows:
+        table.add_row(row["name"], f"{row['parameters']:,}", "x".join(map(str, row["input_shape"])),
+                      "shipped" if row["checkpoint"] else "-", row["description"])
+    console.print(table)
+
+
+@app.command()
+@handles_errors
 def demo(
     model: Annotated[Optional[str], typer.Option(help="zoo model with a shipped checkpoint")] = None,
     output_dir: Annotated[Optional[Path], typer.Option("--output-dir", "-o", help="artifacts folder")] = None,
@@ -163,6 +186,20 @@ def demo(
     render(result, console)
     if not result.passed:
         raise typer.Exit(EXIT_FAILED_CHECK)
+
+
+def _register_subcommands() -> None:
+    """Commands defined in sibling modules; each wrapped like the ones above."""
+    from polynl_cli import surgeon, tensorrt
+
+    app.command(help=tensorrt.build.__doc__)(handles_errors(tensorrt.build))
+    app.command(help=tensorrt.run.__doc__)(handles_errors(tensorrt.run))
+    for command in surgeon.surgeon_app.registered_commands:
+        command.callback = handles_errors(command.callback)
+    app.add_typer(surgeon.surgeon_app, name="surgeon")
+
+
+_register_subcommands()
 
 
 def main() -> None:

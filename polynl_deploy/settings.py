@@ -30,6 +30,7 @@ class ValidateSettings:
     report: Path | None = None
     save_inputs: Path | None = None
     load_inputs: Path | None = None
+    engine: Path | None = None         # TensorRT plan for backend "trt" (default: ONNX path with .plan)
 
 
 @dataclass

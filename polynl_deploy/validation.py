@@ -246,9 +246,10 @@ def make_runner(backend: str, onnx_path, model=None, engine_path=None) -> Runner
 
 def validate(onnx_path, model=None, *, backends: Sequence[str] = BACKENDS, inputs: Sequence[Feed] | None = None,
              seed: int = defaults.SEED, tolerances: Tolerances | None = None,
-             scales: Sequence[float] = defaults.VALIDATION_SHAPE_SCALES) -> ValidationReport:
-    """Validate an exported file: the first backend is the reference (``eager`` needs ``model``)."""
-    runners = {name: make_runner(name, onnx_path, model) for name in backends}
+             scales: Sequence[float] = defaults.VALIDATION_SHAPE_SCALES, engine_path=None) -> ValidationReport:
+    """Validate an exported file: the first backend is the reference (``eager`` needs ``model``,
+    ``trt`` a TensorRT engine built from the file)."""
+    runners = {name: make_runner(name, onnx_path, model, engine_path) for name in backends}
     return compare_runners(onnx_path, runners, inputs=inputs, seed=seed, tolerances=tolerances, scales=scales)
 
 

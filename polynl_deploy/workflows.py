@@ -27,7 +27,7 @@ def run_validate(settings: ValidateSettings) -> ValidationReport:
     model = load_source(settings.source, settings.checkpoint).model if settings.source else None
     inputs = load_inputs(settings.load_inputs) if settings.load_inputs else None
     report = validate(settings.onnx_path, model, backends=settings.backends, inputs=inputs, seed=settings.seed,
-                      tolerances=tolerances_from(settings))
+                      tolerances=tolerances_from(settings), engine_path=settings.engine)
     if settings.save_inputs:
         save_inputs(settings.save_inputs, report.feeds)
     if settings.report:

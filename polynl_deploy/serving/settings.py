@@ -1,0 +1,75 @@
+"""Settings of the inference server, one dataclass."""
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from polynl_deploy.errors import PolyNLError
+
+BACKENDS = ("auto", "onnxruntime", "tensorrt")
+"""``auto`` picks TensorRT for ``.plan``/``.engine`` files and ONNX Runtime for everything else."""
+
+_MODEL_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    models: dict[str, Path]
+    """Served name -> model file (``.onnx``, or a TensorRT ``.plan``/``.engine``)."""
+    host: str = "127.0.0.1"
+    port: int = 8000
+    backend: str = "auto"
+    max_batch_size: int = 1
+    """Above 1, requests are merged along axis 0 into batches of at most this many rows."""
+    max_delay_ms: float = 2.0
+    """How long a forming batch waits for more requests."""
+    max_queue: int = 64
+    """Requests admitted per model (waiting or running); more are answered 503."""
+    max_body_mb: float = 64.0
+    """Largest request body; larger ones are answered 413."""
+    workers: int = 2
+    """Inference threads; also the number of batches one model runs at a time."""
+    intra_op_threads: int | None = None
+    """ONNX Runtime threads per inference (None: ONNX Runtime's default)."""
+    request_timeout_s: float = 60.0
+    """A request not answered by then gets 504."""
+    drain_timeout_s: float = 30.0
+    """On shutdown, how long in-flight requests may take to finish."""
+    log_level: str = "info"
+    access_log: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.models:
+            raise PolyNLError("serve: no model given")
+        for name in self.models:
+            if not _MODEL_NAME.match(name):
+                raise PolyNLError(f"serve: model name {name!r} may only use letters, digits, '_', '.', '-'")
+        if self.backend not in BACKENDS:
+            raise PolyNLError(f"serve: backend must be one of {BACKENDS}, got {self.backend!r}")
+        positive = {"max_batch_size": self.max_batch_size, "max_queue": self.max_queue,
+                    "max_body_mb": self.max_body_mb, "workers": self.workers,
+                    "request_timeout_s": self.request_timeout_s}
+        for name, value in positive.items():
+            if value <= 0:
+                raise PolyNLError(f"serve: {name} must be positive, got {value}")
+        if self.max_delay_ms < 0 or self.drain_timeout_s < 0:
+            raise PolyNLError("serve: max_delay_ms and drain_timeout_s must not be negative")
+        if not 0 <= self.port <= 65535:
+            raise PolyNLError(f"serve: port must be in 0..65535, got {self.port}")
+
+    @property
+    def max_body_bytes(self) -> int:
+        return int(self.max_body_mb * 1024 * 1024)
+
+
+def parse_model_args(values: list[str]) -> dict[str, Path]:
+    """``NAME=PATH`` or ``PATH`` (served under the file's stem) -> {name: path}."""
+    models: dict[str, Path] = {}
+    for value in values:
+        name, sep, path = value.partition("=")
+        if not sep:
+            name, path = Path(value).stem, value
+        if name in models:
+            raise PolyNLError(f"serve: model name {name!r} given twice; use NAME=PATH to rename one")
+        models[name] = Path(path)
+    return models

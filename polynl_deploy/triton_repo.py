@@ -1,0 +1,211 @@
+"""make_triton_repo: a Triton Inference Server model repository for an exported model.
+
+Layout (each model folder is built in a temporary folder and renamed into place)::
+
+    <repo>/README.md                      how to start tritonserver on it (plugin library included)
+    <repo>/<name>/config.pbtxt            platform onnxruntime_onnx
+    <repo>/<name>/1/model.onnx
+    <repo>/<name>_trt/config.pbtxt        platform tensorrt_plan (when a plan is given)
+    <repo>/<name>_trt/1/model.plan
+"""
+
+import json
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import onnx
+
+from polynl_deploy.errors import ModelFileError, PolyNLError
+from polynl_deploy.features import PLUGIN_LIBRARY_NAME
+from polynl_deploy.io import write_bytes_atomic
+from polynl_deploy.onnx_file import load_onnx
+
+PLUGIN_PATH_IN_IMAGE = f"/opt/polynl/lib/{PLUGIN_LIBRARY_NAME}"
+"""Where the Docker image of this project (and the README's commands) put the TensorRT plugin library."""
+
+_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
+_TRITON_TYPES = {
+    onnx.TensorProto.FLOAT: "TYPE_FP32", onnx.TensorProto.FLOAT16: "TYPE_FP16",
+    onnx.TensorProto.BFLOAT16: "TYPE_BF16", onnx.TensorProto.DOUBLE: "TYPE_FP64",
+    onnx.TensorProto.INT8: "TYPE_INT8", onnx.TensorProto.INT16: "TYPE_INT16",
+    onnx.TensorProto.INT32: "TYPE_INT32", onnx.TensorProto.INT64: "TYPE_INT64",
+    onnx.TensorProto.UINT8: "TYPE_UINT8", onnx.TensorProto.UINT16: "TYPE_UINT16",
+    onnx.TensorProto.UINT32: "TYPE_UINT32", onnx.TensorProto.UINT64: "TYPE_UINT64",
+    onnx.TensorProto.BOOL: "TYPE_BOOL", onnx.TensorProto.STRING: "TYPE_STRING",
+}
+
+
+@dataclass(frozen=True)
+class TritonTensor:
+    name: str
+    data_type: str  # Triton TYPE_* name
+    dims: tuple[int, ...]  # -1 for dynamic; without the batch axis when max_batch_size > 0
+
+
+@dataclass(frozen=True)
+class TritonModel:
+    name: str
+    platform: str
+    directory: Path
+
+
+@dataclass(frozen=True)
+class TritonRepo:
+    path: Path
+    models: list[TritonModel]
+    readme: Path
+
+
+def make_triton_repo(repo, onnx_path, *, name: str | None = None, plan_path=None, max_batch_size: int = 8,
+                     max_queue_delay_us: int = 100, instances: int = 1, onnx_on_gpu: bool = False,
+                     plugin_library: str = PLUGIN_PATH_IN_IMAGE, overwrite: bool = False) -> TritonRepo:
+    """Write model folders for ``onnx_path`` (and a TensorRT ``plan_path`` built from it) into ``repo``.
+
+    ``max_batch_size`` > 0 needs a dynamic first axis on every input and output and turns on dynamic
+    batching; ``plugin_library`` is the library path inside the Triton container, used in the README.
+    """
+    repo, onnx_path = Path(repo), Path(onnx_path)
+    name = name or onnx_path.stem
+    if not _NAME.match(name):
+        raise PolyNLError(f"triton-repo: model name {name!r} may only use letters, digits, '_', '.', '-'")
+    if max_batch_size < 0 or max_queue_delay_us < 0 or instances < 1:
+        raise PolyNLError("triton-repo: max_batch_size and max_queue_delay_us must be >= 0, instances >= 1")
+    model = load_onnx(onnx_path)
+    if any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer):
+        raise ModelFileError(f"{onnx_path}: weights in external data files are not supported; "
+                             "save the model as one file")
+    inputs, outputs = _tensors(model, max_batch_size, onnx_path)
+
+    targets = [(name, "onnxruntime_onnx", onnx_path, "model.onnx", "KIND_GPU" if onnx_on_gpu else "KIND_CPU")]
+    if plan_path is not None:
+        plan_path = Path(plan_path)
+        if not plan_path.is_file():
+            raise ModelFileError(f"{plan_path}: no such engine file")
+        targets.append((f"{name}_trt", "tensorrt_plan", plan_path, "model.plan", "KIND_GPU"))
+    for model_name, *_ in targets:
+        if (repo / model_name).exists() and not overwrite:
+            raise PolyNLError(f"triton-repo: {repo / model_name} exists; pass overwrite=True (--force) to replace it")
+
+    repo.mkdir(parents=True, exist_ok=True)
+    written = []
+    for model_name, platform, source, filename, kind in targets:
+        config = config_pbtxt(model_name, platform, inputs, outputs, max_batch_size, max_queue_delay_us,
+                              instances, kind)
+        directory = _write_model_dir(repo, model_name, config, source, filename)
+        written.append(TritonModel(model_name, platform, directory))
+    readme = repo / "README.md"
+    write_bytes_atomic(readme, _readme(written, plugin_library, plan_path).encode())
+    return TritonRepo(repo, written, readme)
+
+
+def _tensors(model: onnx.ModelProto, max_batch_size: int, path: Path) -> tuple[list[TritonTensor], list[TritonTensor]]:
+    initializers = {t.name for t in model.graph.initializer}
+
+    def convert(value: onnx.ValueInfoProto) -> TritonTensor:
+        tensor_type = value.type.tensor_type
+        data_type = _TRITON_TYPES.get(tensor_type.elem_type)
+        if data_type is None:
+            raise ModelFileError(f"{path}: {value.name!r} has an element type Triton does not serve")
+        dims = tuple(d.dim_value if d.HasField("dim_value") else -1 for d in tensor_type.shape.dim)
+        if max_batch_size > 0:
+            if not dims or dims[0] != -1:
+                raise ModelFileError(f"{path}: {value.name!r} has no dynamic batch axis (shape {list(dims)}); "
+                                     "export with dynamic axes or use max_batch_size=0")
+            dims = dims[1:]
+        return TritonTensor(value.name, data_type, dims)
+
+    inputs = [convert(v) for v in model.graph.input if v.name not in initializers]
+    return inputs, [convert(v) for v in model.graph.output]
+
+
+def config_pbtxt(name: str, platform: str, inputs: list[TritonTensor], outputs: list[TritonTensor],
+                 max_batch_size: int, max_queue_delay_us: int, instances: int, kind: str) -> str:
+    """A Triton ``config.pbtxt`` (protobuf text format of inference.ModelConfig)."""
+    def tensors(field: str, items: list[TritonTensor]) -> list[str]:
+        lines = [f"{field} ["]
+        for i, tensor in enumerate(items):
+            lines += ["  {", f"    name: {json.dumps(tensor.name)}", f"    data_type: {tensor.data_type}",
+                      f"    dims: [ {', '.join(map(str, tensor.dims))} ]", "  }" + ("," if i < len(items) - 1 else "")]
+        return lines + ["]"]
+
+    lines = [f"name: {json.dumps(name)}", f"platform: {json.dumps(platform)}", f"max_batch_size: {max_batch_size}"]
+    lines += tensors("input", inputs) + tensors("output", outputs)
+    if max_batch_size > 0:
+        lines += ["dynamic_batching {", f"  max_queue_delay_microseconds: {max_queue_delay_us}", "}"]
+    lines += ["instance_group [", "  {", f"    count: {instances}", f"    kind: {kind}", "  }", "]"]
+    return "\n".join(lines) + "\n"
+
+
+def _write_model_dir(repo: Path, name: str, config: str, source: Path, filename: str) -> Path:
+    """Build the model folder beside the repository (Triton never sees it half written), then rename it in."""
+    target = repo / name
+    staging = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=repo.parent))
+    try:
+        (staging / "1").mkdir()
+        shutil.copyfile(source, staging / "1" / filename)
+        (staging / "config.pbtxt").write_text(config)
+        os.chmod(staging, 0o755)
+        if target.exists():
+            retired = Path(tempfile.mkdtemp(prefix=f".{name}.old.", dir=repo.parent))
+            os.replace(target, retired / name)
+            os.replace(staging, target)
+            shutil.rmtree(retired)
+        else:
+            os.replace(staging, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def _readme(models: list[TritonModel], plugin_library: str, plan_path: Path | None) -> str:
+    onnx_models = [m.name for m in models if m.platform == "onnxruntime_onnx"]
+    plan_models = [m.name for m in models if m.platform == "tensorrt_plan"]
+    sidecar = _plan_sidecar(plan_path)
+    lines = ["# Triton model repository (written by polynl-deploy)", "",
+             "| model | platform |", "|---|---|", *[f"| `{m.name}` | `{m.platform}` |" for m in models], ""]
+    if onnx_models:
+        lines += ["## ONNX model", "",
+                  "Each `polynl::PolyNL` node carries a model-local function body, so the stock ONNX Runtime",
+                  "backend of Triton runs `model.onnx` unmodified: no custom-op library is needed.", ""]
+    lines += ["## Start Triton", "",
+              "Use the Triton container of the same release as the TensorRT that built `model.plan`",
+              "(`nvcr.io/nvidia/tritonserver:<yy.mm>-py3` pairs with `nvcr.io/nvidia/tensorrt:<yy.mm>-py3`)"
+              + (f"; this engine was built with TensorRT {sidecar['tensorrt_version']}"
+                 if sidecar.get("tensorrt_version") else "") + ".", "",
+              "```sh",
+              "docker run --rm --gpus all -p 8000:8000 -p 8001:8001 -p 8002:8002 \\",
+              "  -v \"$PWD\":/models \\"]
+    if plan_models:
+        lines += [f"  -v /path/to/{PLUGIN_LIBRARY_NAME}:{plugin_library}:ro \\",
+                  "  nvcr.io/nvidia/tritonserver:<yy.mm>-py3 \\",
+                  f"  tritonserver --model-repository=/models --backend-config=tensorrt,plugins={plugin_library}",
+                  "```", "",
+                  f"`{'`, `'.join(plan_models)}` need(s) the PolyNL TensorRT plugin library: the",
+                  f"`--backend-config=tensorrt,plugins={plugin_library}` option makes the TensorRT backend load it",
+                  "before it deserializes the engine (several libraries: separate them with `;`). Build the library",
+                  "against the container's TensorRT (`cmake -S plugins -B build/plugins && cmake --build build/plugins`",
+                  "inside `nvcr.io/nvidia/tensorrt:<yy.mm>-py3`, or use this project's Docker image, which ships it",
+                  f"at `{PLUGIN_PATH_IN_IMAGE}`). Engines are specific to the GPU model and TensorRT version.",
+                  "The inputs and outputs in its `config.pbtxt` are those of the ONNX file; edit `data_type` if the",
+                  "engine was built with other I/O types.", ""]
+    else:
+        lines += ["  nvcr.io/nvidia/tritonserver:<yy.mm>-py3 \\",
+                  "  tritonserver --model-repository=/models", "```", ""]
+    lines += ["## Check", "", "```sh", "curl -sf localhost:8000/v2/health/ready && echo ready",
+              *[f"curl -s localhost:8000/v2/models/{m.name}" for m in models], "```", ""]
+    return "\n".join(lines)
+
+
+def _plan_sidecar(plan_path: Path | None) -> dict:
+    """The build description ``polynl build`` writes next to a plan, or {}."""
+    if plan_path is None:
+        return {}
+    sidecar = plan_path.with_name(plan_path.name + ".json")
+    try:
+        return json.loads(sidecar.read_text())
+    except (OSError, ValueError):
+        return {}
