@@ -190,10 +190,12 @@ def demo(
 
 def _register_subcommands() -> None:
     """Commands defined in sibling modules; each wrapped like the ones above."""
-    from polynl_cli import surgeon, tensorrt
+    from polynl_cli import serve, surgeon, tensorrt
 
     app.command(help=tensorrt.build.__doc__)(handles_errors(tensorrt.build))
     app.command(help=tensorrt.run.__doc__)(handles_errors(tensorrt.run))
+    app.command(help=serve.serve.__doc__)(handles_errors(serve.serve))
+    app.command("triton-repo", help=serve.triton_repo.__doc__)(handles_errors(serve.triton_repo))
     for command in surgeon.surgeon_app.registered_commands:
         command.callback = handles_errors(command.callback)
     app.add_typer(surgeon.surgeon_app, name="surgeon")

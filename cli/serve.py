@@ -1,0 +1,67 @@
+"""``polynl serve`` and ``polynl triton-repo``: plain functions for the lead to register on the app, e.g.
+
+    from polynl_cli import serve as serve_commands
+    app.command()(handles_errors(serve_commands.serve))
+    app.command("triton-repo")(handles_errors(serve_commands.triton_repo))
+
+The serving stack (fastapi, uvicorn, onnxruntime) is imported inside the commands only.
+"""
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+
+console = Console()
+
+
+def serve(
+    models: Annotated[list[str], typer.Argument(
+        help="model files (.onnx; .plan/.engine for TensorRT), each as PATH (served under its file stem) "
+             "or NAME=PATH")],
+    host: Annotated[str, typer.Option(help="address to bind; 0.0.0.0 exposes the server to the network")]
+    = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port")] = 8000,
+    max_batch_size: Annotated[int, typer.Option(
+        help="above 1: merge concurrent requests along axis 0 into batches of up to this many rows")] = 1,
+    max_delay_ms: Annotated[float, typer.Option(help="how long a forming batch waits for more requests")] = 2.0,
+    max_queue: Annotated[int, typer.Option(help="requests admitted per model; more are answered 503")] = 64,
+    max_body_mb: Annotated[float, typer.Option(help="largest request body; larger ones are answered 413")] = 64.0,
+    backend: Annotated[str, typer.Option(
+        help="auto (TensorRT for .plan/.engine, ONNX Runtime otherwise), onnxruntime, or tensorrt")] = "auto",
+    workers: Annotated[int, typer.Option(help="inference threads")] = 2,
+):
+    """Serve models over the Open Inference Protocol (KServe v2) REST API, with /metrics."""
+    from polynl_deploy.serving import ServeSettings, parse_model_args
+    from polynl_deploy.serving import serve as run_server
+
+    settings = ServeSettings(parse_model_args(models), host=host, port=port, backend=backend,
+                             max_batch_size=max_batch_size, max_delay_ms=max_delay_ms, max_queue=max_queue,
+                             max_body_mb=max_body_mb, workers=workers)
+    console.print(f"serving {', '.join(settings.models)} on http://{host}:{port}/v2", highlight=False)
+    run_server(settings)
+
+
+def triton_repo(
+    onnx_path: Annotated[Path, typer.Argument(help="exported ONNX file")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="model repository folder")],
+    name: Annotated[Optional[str], typer.Option(help="model name (default: the ONNX file's stem)")] = None,
+    plan: Annotated[Optional[Path], typer.Option(
+        help="TensorRT engine built from the ONNX file: adds a tensorrt_plan model")] = None,
+    max_batch_size: Annotated[int, typer.Option(help="Triton max_batch_size (0: no batching)")] = 8,
+    max_delay_us: Annotated[int, typer.Option(help="dynamic batching max_queue_delay_microseconds")] = 100,
+    instances: Annotated[int, typer.Option(help="model instances (instance_group count)")] = 1,
+    onnx_on_gpu: Annotated[bool, typer.Option("--onnx-on-gpu", help="run the ONNX model on GPU instances")]
+    = False,
+    force: Annotated[bool, typer.Option("--force", help="replace models of the same name")] = False,
+):
+    """Write a Triton Inference Server model repository (config.pbtxt, model files, README)."""
+    from polynl_deploy.triton_repo import make_triton_repo
+
+    written = make_triton_repo(output, onnx_path, name=name, plan_path=plan, max_batch_size=max_batch_size,
+                               max_queue_delay_us=max_delay_us, instances=instances, onnx_on_gpu=onnx_on_gpu,
+                               overwrite=force)
+    for model in written.models:
+        console.print(f"wrote [bold]{model.directory}[/] ({model.platform})", highlight=False)
+    console.print(f"instructions: {written.readme}", highlight=False)

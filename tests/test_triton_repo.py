@@ -1,0 +1,121 @@
+"""make_triton_repo: the config.pbtxt parsed back with Triton's own protobuf schema, files and README."""
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+import torch
+
+import fixture_models
+from polynl_deploy.errors import ModelFileError, PolyNLError
+from polynl_deploy.triton_repo import PLUGIN_PATH_IN_IMAGE, make_triton_repo
+
+
+def _model_config_pb2():
+    """tritonclient's generated ModelConfig module, loaded by path: its package needs grpc to import."""
+    tritonclient = pytest.importorskip("tritonclient")
+    path = Path(tritonclient.__file__).parent / "grpc" / "model_config_pb2.py"
+    if not path.is_file():
+        pytest.skip("tritonclient ships no model_config_pb2.py")
+    spec = importlib.util.spec_from_file_location("triton_model_config_pb2", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _parse(config: Path):
+    from google.protobuf import text_format
+
+    pb2 = _model_config_pb2()
+    return text_format.Parse(config.read_text(), pb2.ModelConfig()), pb2
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    from polynl_deploy import export_onnx
+
+    folder = tmp_path_factory.mktemp("triton")
+    export_onnx(fixture_models.two_block_net(), torch.randn(2, 3, 10, 14), folder / "net.onnx")
+    static = folder / "static.onnx"
+    export_onnx(fixture_models.plain_net(), torch.randn(1, 3, 8, 8), static, dynamic=False)
+    return folder / "net.onnx", static
+
+
+def test_onnx_and_plan_models(exported, tmp_path):
+    onnx_path, _ = exported
+    plan = tmp_path / "net.plan"
+    plan.write_bytes(b"engine bytes")
+    repo = make_triton_repo(tmp_path / "repo", onnx_path, name="polynl", plan_path=plan, max_batch_size=16,
+                            max_queue_delay_us=250, instances=2)
+    assert [(m.name, m.platform) for m in repo.models] == [("polynl", "onnxruntime_onnx"), ("polynl_trt", "tensorrt_plan")]
+    assert (repo.path / "polynl" / "1" / "model.onnx").read_bytes() == onnx_path.read_bytes()
+    assert (repo.path / "polynl_trt" / "1" / "model.plan").read_bytes() == b"engine bytes"
+
+    config, pb2 = _parse(repo.path / "polynl" / "config.pbtxt")
+    assert (config.name, config.platform, config.max_batch_size) == ("polynl", "onnxruntime_onnx", 16)
+    assert [(t.name, t.data_type, list(t.dims)) for t in config.input] == [("x", pb2.TYPE_FP32, [3, -1, -1])]
+    assert [(t.name, t.data_type, list(t.dims)) for t in config.output] == [("output", pb2.TYPE_FP32, [4, -1, -1])]
+    assert config.WhichOneof("scheduling_choice") == "dynamic_batching"
+    assert config.dynamic_batching.max_queue_delay_microseconds == 250
+    assert [(g.count, g.kind) for g in config.instance_group] == [(2, pb2.ModelInstanceGroup.KIND_CPU)]
+
+    plan_config, _ = _parse(repo.path / "polynl_trt" / "config.pbtxt")
+    assert (plan_config.name, plan_config.platform, plan_config.max_batch_size) == ("polynl_trt", "tensorrt_plan", 16)
+    assert [(g.count, g.kind) for g in plan_config.instance_group] == [(2, pb2.ModelInstanceGroup.KIND_GPU)]
+
+    readme = repo.readme.read_text()
+    assert f"--backend-config=tensorrt,plugins={PLUGIN_PATH_IN_IMAGE}" in readme
+    assert "tritonserver --model-repository=/models" in readme
+    leftovers = [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
+    assert leftovers == [], "temporary folders left behind"
+
+
+def test_without_batching_keeps_the_batch_axis(exported, tmp_path):
+    onnx_path, static = exported
+    repo = make_triton_repo(tmp_path / "repo", onnx_path, max_batch_size=0, onnx_on_gpu=True)
+    config, pb2 = _parse(repo.path / "net" / "config.pbtxt")
+    assert config.max_batch_size == 0 and list(config.input[0].dims) == [-1, 3, -1, -1]
+    assert config.WhichOneof("scheduling_choice") is None
+    assert config.instance_group[0].kind == pb2.ModelInstanceGroup.KIND_GPU
+    assert "plugins=" not in repo.readme.read_text()
+    with pytest.raises(ModelFileError, match="no dynamic batch axis"):
+        make_triton_repo(tmp_path / "repo2", static, max_batch_size=4)
+    assert list(_parse(make_triton_repo(tmp_path / "repo3", static, max_batch_size=0).path / "static"
+                       / "config.pbtxt")[0].input[0].dims) == [1, 3, 8, 8]
+
+
+def test_existing_models_are_replaced_only_when_asked(exported, tmp_path):
+    onnx_path, _ = exported
+    make_triton_repo(tmp_path / "repo", onnx_path, max_batch_size=4)
+    with pytest.raises(PolyNLError, match="exists"):
+        make_triton_repo(tmp_path / "repo", onnx_path, max_batch_size=8)
+    make_triton_repo(tmp_path / "repo", onnx_path, max_batch_size=8, overwrite=True)
+    assert _parse(tmp_path / "repo" / "net" / "config.pbtxt")[0].max_batch_size == 8
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["repo"]
+
+
+def test_bad_arguments(exported, tmp_path):
+    onnx_path, _ = exported
+    with pytest.raises(PolyNLError, match="model name"):
+        make_triton_repo(tmp_path / "r", onnx_path, name="bad name")
+    with pytest.raises(ModelFileError, match="no such engine"):
+        make_triton_repo(tmp_path / "r", onnx_path, plan_path=tmp_path / "missing.plan")
+    with pytest.raises(ModelFileError):
+        make_triton_repo(tmp_path / "r", tmp_path / "missing.onnx")
+    assert not (tmp_path / "r").exists()
+
+
+def test_cli_command(exported, tmp_path):
+    import typer
+    from typer.testing import CliRunner
+
+    from polynl_cli.serve import triton_repo
+
+    app = typer.Typer()
+    app.command()(triton_repo)
+    app.command("unused")(lambda: None)  # two commands: typer then expects the command name
+    result = CliRunner().invoke(app, ["triton-repo", str(exported[0]), "-o", str(tmp_path / "repo"),
+                                      "--name", "cli", "--max-batch-size", "4", "--instances", "3"])
+    assert result.exit_code == 0, result.output
+    config, _ = _parse(tmp_path / "repo" / "cli" / "config.pbtxt")
+    assert (config.max_batch_size, config.instance_group[0].count) == (4, 3)
