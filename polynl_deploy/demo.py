@@ -114,9 +114,9 @@ def render(result: DemoResult, console) -> None:
                       f"{max(c.max_abs_error for c in rows):.2e}" if rows else "-",
                       f"{max(c.min_atol_to_pass for c in rows):.2e}" if rows else "-",
                       "[green]PASS" if ok else "[red]FAIL")
-    for name, reason in result.skipped.items():
-        table.add_row(name, "-", "-", "-", "-", f"[yellow]skipped: {reason}")
     console.print(table)
+    for name, reason in result.skipped.items():
+        console.print(f"[yellow]skipped[/] {name}: {reason}")
     console.print(f"artifacts in {result.export.path.parent}: model.onnx, inspect.json, report.json, inputs.npz "
                   f"({result.seconds:.1f} s)")
     console.print("[bold green]PASSED" if result.passed else "[bold red]FAILED")
