@@ -161,7 +161,7 @@ def models(as_json: Annotated[bool, typer.Option("--json", help="print JSON")] =
     from rich.table import Table
     table = Table(title="polynl model zoo")
     for column in ("name", "parameters", "input (C, H, W)", "checkpoint", "description"):
-        table.add_column(column)
+        table.add_column(column, no_wrap=column != "description")
     for row in rows:
         table.add_row(row["name"], f"{row['parameters']:,}", "x".join(map(str, row["input_shape"])),
                       "shipped" if row["checkpoint"] else "-", row["description"])
