@@ -30,17 +30,14 @@ def format_shape(shape) -> str:
 
 
 class Runner(ABC):
-    """A loaded backend. ``infer`` checks names, dtypes and shapes before running."""
+    """A loaded backend. ``infer`` checks names, dtypes and shapes before running.
+
+    Subclasses set ``input_specs`` and ``output_names`` when they load.
+    """
 
     name: str
-
-    @property
-    @abstractmethod
-    def input_specs(self) -> list[TensorSpec]: ...
-
-    @property
-    @abstractmethod
-    def output_names(self) -> list[str]: ...
+    input_specs: list[TensorSpec]
+    output_names: list[str]
 
     def infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         specs = self.input_specs

@@ -40,22 +40,14 @@ class OnnxRuntimeRunner(Runner):
     def __init__(self, path, providers: list[str] | None = None, threads: int | None = None) -> None:
         self.path = Path(path)
         self.session = session_from_onnx(path, providers, threads)
-        self._input_specs = [
+        self.input_specs = [
             TensorSpec(i.name, _ORT_TYPES.get(i.type, i.type), tuple(i.shape))
             for i in self.session.get_inputs()]
-        self._output_names = [o.name for o in self.session.get_outputs()]
+        self.output_names = [o.name for o in self.session.get_outputs()]
 
     @property
     def providers(self) -> list[str]:
         return self.session.get_providers()
 
-    @property
-    def input_specs(self) -> list[TensorSpec]:
-        return self._input_specs
-
-    @property
-    def output_names(self) -> list[str]:
-        return self._output_names
-
     def _infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return dict(zip(self._output_names, self.session.run(self._output_names, feed)))
+        return dict(zip(self.output_names, self.session.run(self.output_names, feed)))

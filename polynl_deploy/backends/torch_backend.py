@@ -15,22 +15,14 @@ class TorchRunner(Runner):
                  device: str = "cpu") -> None:
         self.model = model.eval().to(device)
         self.device = device
-        self._input_specs = list(input_specs)
-        self._output_names = list(output_names)
-
-    @property
-    def input_specs(self) -> list[TensorSpec]:
-        return self._input_specs
-
-    @property
-    def output_names(self) -> list[str]:
-        return self._output_names
+        self.input_specs = list(input_specs)
+        self.output_names = list(output_names)
 
     @torch.inference_mode()
     def _infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        args = [torch.from_numpy(feed[s.name]).to(self.device) for s in self._input_specs]
+        args = [torch.from_numpy(feed[s.name]).to(self.device) for s in self.input_specs]
         result = self.model(*args)
         outputs = result if isinstance(result, (tuple, list)) else (result,)
         # NumPy has no bfloat16: such outputs come back as float32.
         return {name: (out.float() if out.dtype == torch.bfloat16 else out).detach().cpu().numpy()
-                for name, out in zip(self._output_names, outputs)}
+                for name, out in zip(self.output_names, outputs)}

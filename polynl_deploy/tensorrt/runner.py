@@ -43,10 +43,10 @@ class TensorRTRunner(Runner):
         self.stream = torch.cuda.Stream()
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
         is_input = {n: self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT for n in names}
-        self._input_specs = [TensorSpec(n, self._dtype(n), tuple(d if d >= 0 else None
+        self.input_specs = [TensorSpec(n, self._dtype(n), tuple(d if d >= 0 else None
                                                                   for d in self.engine.get_tensor_shape(n)))
                              for n in names if is_input[n]]
-        self._output_names = [n for n in names if not is_input[n]]
+        self.output_names = [n for n in names if not is_input[n]]
         if any(self.engine.get_tensor_dtype(n).name == "BF16" for n in names):
             raise ModelFileError(f"{self.path}: bfloat16 engine inputs/outputs cannot be fed from numpy; "
                                  "rebuild with --keep-io-fp32")
@@ -54,26 +54,18 @@ class TensorRTRunner(Runner):
     def _dtype(self, name: str) -> str:
         return _NUMPY_TYPES[self.engine.get_tensor_dtype(name).name]
 
-    @property
-    def input_specs(self) -> list[TensorSpec]:
-        return self._input_specs
-
-    @property
-    def output_names(self) -> list[str]:
-        return self._output_names
-
     def _infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         import torch
 
         with torch.cuda.stream(self.stream):
             keep_alive = []
-            for spec in self._input_specs:
+            for spec in self.input_specs:
                 tensor = torch.from_numpy(feed[spec.name]).to("cuda", non_blocking=True)
                 keep_alive.append(tensor)
                 self.context.set_input_shape(spec.name, tuple(tensor.shape))
                 self.context.set_tensor_address(spec.name, tensor.data_ptr())
             outputs = {}
-            for name in self._output_names:
+            for name in self.output_names:
                 shape = tuple(self.context.get_tensor_shape(name))
                 dtype = getattr(torch, self._dtype(name))
                 outputs[name] = torch.empty(shape, dtype=dtype, device="cuda")
