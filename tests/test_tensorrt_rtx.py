@@ -172,3 +172,19 @@ def test_parser_maps_polynl_nodes_onto_the_plugin_contract(exported, name):
     assert first["fields"]["layout"][1] == {"maps": contract.LAYOUT_MAPS, "tokens": contract.LAYOUT_TOKENS}[name]
     assert first["fields"]["plugin_namespace"][1] == contract.PLUGIN_NAMESPACE
     assert first["fields"]["plugin_version"][1] == contract.PLUGIN_VERSION
+
+
+@pytest.mark.parametrize("zoo_name", ["polynl-marks-small", "polynl-tokens-small"])
+def test_rtx_builds_zoo_models_through_the_cli(tmp_path, zoo_name):
+    """The demo's shipped model and the token model: `polynl export` then `polynl build --target rtx`."""
+    from conftest import run_cli
+
+    onnx_path, plan = tmp_path / f"{zoo_name}.onnx", tmp_path / f"{zoo_name}.plan"
+    assert run_cli("export", zoo_name, "-o", onnx_path).returncode == 0
+    result = run_cli("build", onnx_path, "-o", plan, "--target", "rtx", "--sm", "89", "--sm", "120")
+    assert result.returncode == 0, result.stdout + result.stderr
+    sidecar = json.loads((tmp_path / f"{zoo_name}.plan.json").read_text())
+    assert sidecar["compute_capabilities"] == ["SM89", "SM120"]
+    assert sidecar["polynl_nodes"] == len(json.loads(
+        {p.key: p.value for p in onnx.load(str(onnx_path)).metadata_props}["polynl_deploy.blocks"]))
+    assert plan.stat().st_size > 100_000
