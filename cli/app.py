@@ -190,10 +190,11 @@ def demo(
 
 def _register_subcommands() -> None:
     """Commands defined in sibling modules; each wrapped like the ones above."""
-    from polynl_cli import serve, surgeon, tensorrt
+    from polynl_cli import bench, serve, surgeon, tensorrt
 
     app.command(help=tensorrt.build.__doc__)(handles_errors(tensorrt.build))
     app.command(help=tensorrt.run.__doc__)(handles_errors(tensorrt.run))
+    app.command(help=bench.bench.__doc__)(handles_errors(bench.bench))
     app.command(help=serve.serve.__doc__)(handles_errors(serve.serve))
     app.command("triton-repo", help=serve.triton_repo.__doc__)(handles_errors(serve.triton_repo))
     for command in surgeon.surgeon_app.registered_commands:

@@ -25,10 +25,13 @@ class _Block:
         self._count = 0
 
     def op(self, op_type: str, *inputs: str, **attrs) -> str:
+        return self.multi_op(op_type, 1, *inputs, **attrs)[0]
+
+    def multi_op(self, op_type: str, count: int, *inputs: str, **attrs) -> list[str]:
         self._count += 1
-        out = f"{self.prefix}{op_type.lower()}_{self._count}"
-        self.nodes.append(helper.make_node(op_type, list(inputs), [out], **attrs))
-        return out
+        outs = [f"{self.prefix}{op_type.lower()}_{self._count}" + (f"_{i}" if i else "") for i in range(count)]
+        self.nodes.append(helper.make_node(op_type, list(inputs), outs, **attrs))
+        return outs
 
     def const(self, value, dtype=TensorProto.INT64) -> str:
         values = value if isinstance(value, (list, tuple)) else [value]
@@ -36,14 +39,14 @@ class _Block:
         return self.op("Constant", value=tensor)
 
     def branch(self, prefix: str, build) -> "_Block":
-        """A new block for an If branch; ``build(block)`` fills it and returns its output name."""
+        """A new block for an If branch; ``build(block)`` fills it and returns its output names."""
         child = _Block(prefix)
-        child.output = build(child)
+        child.outputs = build(child)
         return child
 
-    def graph(self, name: str, output: str) -> onnx.GraphProto:
+    def graph(self, name: str) -> onnx.GraphProto:
         # Branch outputs take the type of their producer; rank and dtype vary with the call site.
-        return helper.make_graph(self.nodes, name, [], [onnx.ValueInfoProto(name=output)])
+        return helper.make_graph(self.nodes, name, [], [onnx.ValueInfoProto(name=o) for o in self.outputs])
 
 
 def _attribute_constant(block: _Block, attr: str) -> str:
@@ -67,57 +70,60 @@ def _mixing(b: _Block, gram: str, mean: str, w: dict[str, str], alpha: str, eye:
     return mixing, shift
 
 
-def _folded_maps(b: _Block, w, x32, xr, alpha, eye) -> str:
+def _folded_maps(b: _Block, w, x32, xr, alpha, eye, restore) -> tuple[str, str]:
     gram_sum = b.op("MatMul", x32, b.op("Transpose", x32, perm=[0, 2, 1]))
     n = b.op("Cast", b.op("Shape", x32, start=2, end=3), to=FLOAT)
     gram = b.op("Div", gram_sum, n)
     mean = b.op("ReduceMean", x32, b.const(2), keepdims=0)
     mixing, shift = _mixing(b, gram, mean, w, alpha, eye)
     mixing_t = b.op("CastLike", b.op("Transpose", mixing, perm=[0, 2, 1]), xr)
-    out = b.op("Add", b.op("MatMul", mixing_t, xr), b.op("CastLike", b.op("Unsqueeze", shift, b.const(2)), xr))
-    return out
+    return restore(b.op("MatMul", mixing_t, xr)), b.op("CastLike", b.op("Unsqueeze", shift, b.const([2, 3])), xr)
 
 
-def _unfolded_maps(b: _Block, w, x32, xr, alpha, xr_dtype_alpha) -> str:
+def _unfolded_maps(b: _Block, w, x32, xr, alpha, xr_dtype_alpha, restore) -> tuple[str, str]:
+
+    def linear(weight: str, source: str) -> str:
+        return b.op("MatMul", b.op("Transpose", weight, perm=[1, 0]), source)
 
     def project(weight: str, bias: str, source: str) -> str:
-        return b.op("Add", b.op("MatMul", b.op("Transpose", weight, perm=[1, 0]), source),
-                    b.op("Unsqueeze", bias, b.const(1)))
+        return b.op("Add", linear(weight, source), b.op("Unsqueeze", bias, b.const(1)))
 
     keys, values = project(w["Wk"], w["bk"], x32), project(w["Wv"], w["bv"], x32)
     m = b.op("ReduceMean", b.op("Mul", keys, values), b.const(2), keepdims=1)
     wq, bq = b.op("CastLike", w["Wq"], xr), b.op("CastLike", w["bq"], xr)
     wo, bo = b.op("CastLike", w["Wo"], xr), b.op("CastLike", w["bo"], xr)
     z = b.op("Mul", project(wq, bq, xr), b.op("CastLike", m, xr))
-    projected = project(wo, bo, z)
-    out = b.op("Add", b.op("Mul", xr_dtype_alpha, xr), projected)
-    return out
+    main = b.op("Add", b.op("Mul", xr_dtype_alpha, xr), linear(wo, z))
+    return restore(main), b.op("Unsqueeze", bo, b.const([0, 2, 3]))
 
 
-def _folded_tokens(b: _Block, w, x32, x, alpha, eye) -> str:
+def _folded_tokens(b: _Block, w, x32, x, alpha, eye, restore) -> tuple[str, str]:
     gram_sum = b.op("MatMul", b.op("Transpose", x32, perm=[0, 2, 1]), x32)
     n = b.op("Cast", b.op("Shape", x32, start=1, end=2), to=FLOAT)
     gram = b.op("Div", gram_sum, n)
     mean = b.op("ReduceMean", x32, b.const(1), keepdims=0)
     mixing, shift = _mixing(b, gram, mean, w, alpha, eye)
-    out = b.op("Add", b.op("MatMul", x, b.op("CastLike", mixing, x)),
-               b.op("CastLike", b.op("Unsqueeze", shift, b.const(1)), x))
-    return out
+    return (restore(b.op("MatMul", x, b.op("CastLike", mixing, x))),
+            b.op("CastLike", b.op("Unsqueeze", shift, b.const(1)), x))
 
 
-def _unfolded_tokens(b: _Block, w, x32, x, alpha, x_dtype_alpha) -> str:
+def _unfolded_tokens(b: _Block, w, x32, x, alpha, x_dtype_alpha, restore) -> tuple[str, str]:
     keys = b.op("Add", b.op("MatMul", x32, w["Wk"]), w["bk"])
     values = b.op("Add", b.op("MatMul", x32, w["Wv"]), w["bv"])
     m = b.op("ReduceMean", b.op("Mul", keys, values), b.const(1), keepdims=1)
     query = b.op("Add", b.op("MatMul", x, b.op("CastLike", w["Wq"], x)), b.op("CastLike", w["bq"], x))
     z = b.op("Mul", query, b.op("CastLike", m, x))
-    projected = b.op("Add", b.op("MatMul", z, b.op("CastLike", w["Wo"], x)), b.op("CastLike", w["bo"], x))
-    out = b.op("Add", b.op("Mul", x_dtype_alpha, x), projected)
-    return out
+    main = b.op("Add", b.op("Mul", x_dtype_alpha, x), b.op("MatMul", z, b.op("CastLike", w["Wo"], x)))
+    return restore(main), b.op("CastLike", w["bo"], x)
 
 
-def _body(top: _Block, layout: str | None, unfolded: bool | None) -> str:
-    """Nodes of the block into ``top``; None for layout/unfolded means: decide at run time with If."""
+def _body(top: _Block, layout: str | None, unfolded: bool | None) -> tuple[str, str]:
+    """Nodes of the block into ``top``; None for layout/unfolded means: decide at run time with If.
+
+    Returns the output without its bias, already in the shape of X, and the bias (``shift``) that
+    broadcasts against it: the caller's final Add then writes Y directly. Ending on the Reshape
+    instead would cost ONNX Runtime a copy of Y wherever the block's output is a graph output.
+    """
     w = {name: top.op("Cast", name, to=FLOAT) for name in contract.INPUT_NAMES[1:]}
     x = contract.INPUT_NAMES[0]
     alpha = _attribute_constant(top, "alpha")
@@ -130,31 +136,32 @@ def _body(top: _Block, layout: str | None, unfolded: bool | None) -> str:
         ratio = round(1 / UNFOLDED_MAX_RATIO)
         use_unfolded = top.op("LessOrEqual", top.op("Mul", inner, top.const(ratio)), channels)
 
-    def choose(b: _Block, prefix: str, unfolded_form, folded_form) -> str:
+    def choose(b: _Block, prefix: str, unfolded_form, folded_form) -> tuple[str, str]:
         if unfolded is not None:
             return unfolded_form(b) if unfolded else folded_form(b)
         then_b, else_b = b.branch(prefix + "u_", unfolded_form), b.branch(prefix + "f_", folded_form)
-        return b.op("If", use_unfolded, then_branch=then_b.graph("unfolded", then_b.output),
-                    else_branch=else_b.graph("folded", else_b.output))
+        return tuple(b.multi_op("If", 2, use_unfolded, then_branch=then_b.graph("unfolded"),
+                                else_branch=else_b.graph("folded")))
 
     # Both layouts reshape X with C taken from the weights, so each branch is shape-consistent for any
     # input: runtimes check the shapes of an If's untaken branch too (static H, W or N included).
     batch = top.op("Shape", x, start=0, end=1)
 
-    def maps(b: _Block) -> str:
+    def restorer(b: _Block):
+        return lambda value: b.op("Reshape", value, b.op("Shape", x))
+
+    def maps(b: _Block) -> tuple[str, str]:
         # flatten (B, C, H, W) to (B, C, N) and back
         xr = b.op("Reshape", x, b.op("Concat", batch, channels, b.const(-1), axis=0))
         xr32 = b.op("Cast", xr, to=FLOAT)
-        flat = choose(b, "m", lambda c: _unfolded_maps(c, w, xr32, xr, alpha, x_alpha),
-                      lambda c: _folded_maps(c, w, xr32, xr, alpha, eye))
-        return b.op("Reshape", flat, b.op("Shape", x))
+        return choose(b, "m", lambda c: _unfolded_maps(c, w, xr32, xr, alpha, x_alpha, restorer(c)),
+                      lambda c: _folded_maps(c, w, xr32, xr, alpha, eye, restorer(c)))
 
-    def tokens(b: _Block) -> str:
+    def tokens(b: _Block) -> tuple[str, str]:
         xt = b.op("Reshape", x, b.op("Concat", batch, b.const(-1), channels, axis=0))
         x32 = b.op("Cast", xt, to=FLOAT)
-        out = choose(b, "t", lambda c: _unfolded_tokens(c, w, x32, xt, alpha, x_alpha),
-                     lambda c: _folded_tokens(c, w, x32, xt, alpha, eye))
-        return b.op("Reshape", out, b.op("Shape", x))
+        return choose(b, "t", lambda c: _unfolded_tokens(c, w, x32, xt, alpha, x_alpha, restorer(c)),
+                      lambda c: _folded_tokens(c, w, x32, xt, alpha, eye, restorer(c)))
 
     if layout is not None:
         return maps(top) if layout == contract.LAYOUT_MAPS else tokens(top)
@@ -164,8 +171,8 @@ def _body(top: _Block, layout: str | None, unfolded: bool | None) -> str:
     rank = top.op("Shape", top.op("Shape", x))
     is_maps = top.op("Equal", rank, top.const(4))
     maps_b, tokens_b = top.branch("maps_", maps), top.branch("tokens_", tokens)
-    return top.op("If", is_maps, then_branch=maps_b.graph("maps", maps_b.output),
-                  else_branch=tokens_b.graph("tokens", tokens_b.output))
+    return tuple(top.multi_op("If", 2, is_maps, then_branch=maps_b.graph("maps"),
+                              else_branch=tokens_b.graph("tokens")))
 
 
 def build_function(opset: int, layout: str | None = None, unfolded: bool | None = None,
@@ -176,8 +183,8 @@ def build_function(opset: int, layout: str | None = None, unfolded: bool | None 
     specialized for one block and holds no If (used to inline blocks into standard ops).
     """
     top = _Block("")
-    out = _body(top, layout, unfolded)
-    top.nodes.append(helper.make_node("Identity", [out], [contract.OUTPUT_NAMES[0]]))
+    main, shift = _body(top, layout, unfolded)
+    top.nodes.append(helper.make_node("Add", [main, shift], [contract.OUTPUT_NAMES[0]]))
     return helper.make_function(
         domain, name, list(contract.INPUT_NAMES), list(contract.OUTPUT_NAMES),
         top.nodes, [helper.make_opsetid("", opset)],

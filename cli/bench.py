@@ -1,0 +1,43 @@
+"""``polynl bench``: the benchmark sweep (register in app.py with ``app.command()(bench)``)."""
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+
+
+def bench(
+    quick: Annotated[bool, typer.Option("--quick", help="small grid, a couple of minutes on 2 cores (default)")
+                     ] = False,
+    targets: Annotated[bool, typer.Option("--targets", help="C=256, C'=128, batch 1, N up to 128²: the targets")
+                       ] = False,
+    full: Annotated[bool, typer.Option("--full", help="N 32²..256² and tokens, C 64..1024, batch 1 and 8, all zoo "
+                                                     "models (hours on a small CPU)")] = False,
+    output_dir: Annotated[Path, typer.Option(help="where CSV, JSON and plots go")] = Path("benchmarks/results"),
+    repeats: Annotated[Optional[int], typer.Option(help="timed calls per measurement (preset default)")] = None,
+    warmup: Annotated[Optional[int], typer.Option(help="untimed calls before timing (preset default)")] = None,
+    threads: Annotated[Optional[int], typer.Option(help="torch and ONNX Runtime intra-op threads "
+                                                        "(default: torch.get_num_threads())")] = None,
+    contender: Annotated[Optional[list[str]], typer.Option(help="run only these contenders (repeat the option)")
+                         ] = None,
+    nonlocal_memory_cap_gib: Annotated[Optional[float], typer.Option(
+        help="skip NonLocal2d where its B x N x N matrix exceeds this (GiB)")] = None,
+    models: Annotated[bool, typer.Option(help="also time the zoo models end to end")] = True,
+    plots: Annotated[bool, typer.Option(help="write PNG plots")] = True,
+):
+    """Benchmark Poly-NL layers (eager, compiled, ONNX Runtime) against NonLocal2d and the two-GEMM floor."""
+    from polynl_deploy.bench import BenchSettings, run_bench
+    from polynl_deploy.bench.report import render
+
+    chosen = [name for name, flag in (("quick", quick), ("targets", targets), ("full", full)) if flag]
+    if len(chosen) > 1:
+        raise typer.BadParameter(f"choose one of --quick, --targets, --full (got {', '.join(chosen)})")
+    overrides = {"output_dir": output_dir, "plots": plots}
+    optional = {"repeats": repeats, "warmup": warmup, "threads": threads, "nonlocal_memory_cap_gib":
+                nonlocal_memory_cap_gib, "contenders": tuple(contender) if contender else None}
+    overrides.update({k: v for k, v in optional.items() if v is not None})
+    if not models:
+        overrides["models"] = ()
+    settings = BenchSettings.preset_named(chosen[0] if chosen else "quick", **overrides)
+    render(run_bench(settings), Console())

@@ -1,0 +1,191 @@
+"""Results on disk (CSV, JSON, PNG plots) and the printed summary."""
+
+import csv
+import json
+import math
+from dataclasses import asdict
+from pathlib import Path
+
+from polynl_deploy.bench.analysis import NONLOCAL_LABELS
+from polynl_deploy.bench.settings import MEASUREMENT_COLUMNS, BenchResult, Measurement
+
+NONLOCAL_NAMES = tuple(NONLOCAL_LABELS)
+
+
+def write_csv(measurements: list[Measurement], path: Path) -> None:
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=MEASUREMENT_COLUMNS)
+        writer.writeheader()
+        for m in measurements:
+            writer.writerow(asdict(m))
+
+
+def write_json(result: BenchResult, path: Path) -> None:
+    document = {
+        "settings": asdict(result.settings),
+        "machine": result.machine,
+        "unavailable": result.unavailable,
+        "measurements": [asdict(m) for m in result.measurements],
+        "scaling_fits": [asdict(f) for f in result.fits],
+        "target_case": asdict(result.target_case) if result.target_case else None,
+        "targets": [asdict(t) for t in result.targets],
+        "models": [asdict(m) for m in result.models],
+        "models_note": result.models_note,
+    }
+    path.write_text(json.dumps(document, indent=2, default=str))
+
+
+def _groups(measurements: list[Measurement], layout: str) -> tuple[list[int], list[int]]:
+    ok = [m for m in measurements if m.status == "ok" and m.layout == layout]
+    return sorted({m.batch for m in ok}), sorted({m.channels for m in ok})
+
+
+def _series(measurements, layout, batch, channels, contender) -> tuple[list[int], list[float]]:
+    points = sorted((m.positions, m.median_ms) for m in measurements if m.status == "ok" and m.contender == contender
+                    and (m.layout, m.batch, m.channels) == (layout, batch, channels))
+    return [p for p, _ in points], [t for _, t in points]
+
+
+def _grid(plt, rows: int, cols: int):
+    figure, axes = plt.subplots(rows, cols, figsize=(5.5 * cols, 4.2 * rows), squeeze=False)
+    return figure, axes
+
+
+def plot_latency(measurements: list[Measurement], layout: str, path: Path) -> bool:
+    """Log-log latency vs N, one line per contender, one panel per (batch, C). False if nothing to plot."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    batches, channels = _groups(measurements, layout)
+    if not batches:
+        return False
+    contenders = list(dict.fromkeys(m.contender for m in measurements if m.status == "ok"))
+    figure, axes = _grid(plt, len(batches), len(channels))
+    for row, batch in enumerate(batches):
+        for col, c in enumerate(channels):
+            ax = axes[row][col]
+            for contender in contenders:
+                n, t = _series(measurements, layout, batch, c, contender)
+                if n:
+                    ax.loglog(n, t, marker="o", label=contender,
+                              linestyle="--" if contender.startswith(("floor", "nonlocal")) else "-")
+            ax.set(title=f"{layout}, batch {batch}, C={c}", xlabel="N (positions)", ylabel="median latency (ms)")
+            ax.grid(True, which="both", alpha=0.3)
+    axes[0][0].legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return True
+
+
+def plot_speedup(measurements: list[Measurement], layout: str, path: Path) -> bool:
+    """Speed-up of each Poly-NL contender over the faster NonLocal2d mode at the same size."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    batches, channels = _groups(measurements, layout)
+    nonlocal_times: dict[tuple, float] = {}
+    for m in measurements:
+        if m.status == "ok" and m.contender in NONLOCAL_NAMES:
+            key = (m.layout, m.batch, m.channels, m.positions)
+            nonlocal_times[key] = min(nonlocal_times.get(key, math.inf), m.median_ms)
+    if not batches or not any(k[0] == layout for k in nonlocal_times):
+        return False
+    polynl = list(dict.fromkeys(m.contender for m in measurements if m.status == "ok" and m.family == "polynl"))
+    figure, axes = _grid(plt, len(batches), len(channels))
+    for row, batch in enumerate(batches):
+        for col, c in enumerate(channels):
+            ax = axes[row][col]
+            for contender in polynl:
+                n, t = _series(measurements, layout, batch, c, contender)
+                pairs = [(p, nonlocal_times[(layout, batch, c, p)] / v) for p, v in zip(n, t)
+                         if (layout, batch, c, p) in nonlocal_times]
+                if pairs:
+                    ax.loglog(*zip(*pairs), marker="o", label=contender)
+            ax.set(title=f"{layout}, batch {batch}, C={c}", xlabel="N (positions)",
+                   ylabel="speed-up vs faster NonLocal2d (x)")
+            ax.grid(True, which="both", alpha=0.3)
+    axes[0][0].legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return True
+
+
+def write_outputs(result: BenchResult) -> dict[str, Path]:
+    """measurements.csv, results.json and the plots in the output directory; their paths by kind."""
+    out = result.settings.output_dir
+    out.mkdir(parents=True, exist_ok=True)
+    files = {"csv": out / "measurements.csv", "json": out / "results.json"}
+    write_csv(result.measurements, files["csv"])
+    if result.settings.plots:
+        for layout in ("maps", "tokens"):
+            latency, speedup = out / f"latency_vs_n_{layout}.png", out / f"speedup_vs_nonlocal_{layout}.png"
+            if plot_latency(result.measurements, layout, latency):
+                files[f"latency_{layout}"] = latency
+            if plot_speedup(result.measurements, layout, speedup):
+                files[f"speedup_{layout}"] = speedup
+    result.files = files
+    write_json(result, files["json"])
+    return files
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def render(result: BenchResult, console) -> None:
+    """Machine line, unavailable contenders, skips, the targets table, exponents, models, files."""
+    from rich.table import Table
+
+    machine = result.machine
+    console.print(f"[bold]machine[/]: {machine['cpu_count']} CPUs, {machine['threads']} threads; "
+                  f"load average {machine['load_average_start']} at start, {machine['load_average_end']} at end; "
+                  f"torch {machine['torch']}, onnxruntime {machine['onnxruntime']}")
+    for name, reason in result.unavailable.items():
+        console.print(f"[yellow]not run[/] {name}: {reason}", highlight=False)
+    skips: dict[tuple[str, str], list[str]] = {}
+    for m in result.measurements:
+        if m.status != "ok":
+            skips.setdefault((m.contender, f"{m.status}: {m.reason}"), []).append(m.case.label())
+    for (contender, reason), cases in skips.items():
+        console.print(f"[yellow]{contender}[/] {reason} [dim]({len(cases)} size(s): {'; '.join(cases)})[/]",
+                      highlight=False)
+
+    if result.target_case and result.targets:
+        table = Table(title=f"targets at {result.target_case.label()} (medians)")
+        for column in ("", "figure", "measured", "target", "met", "basis"):
+            table.add_column(column, overflow="fold")
+        for t in result.targets:
+            met = "n/a" if t.met is None else ("[green]met" if t.met else "[red]NOT met")
+            value = "-" if t.value is None else (f"{t.value:.2f}" if t.key == "d" else f"{t.value:.2f}x")
+            table.add_row(f"({t.key})", t.description, value, t.goal, met, t.basis)
+        console.print(table)
+
+    if result.fits:
+        table = Table(title="fitted scaling exponents (latency ~ N^e)")
+        for column in ("contender", "layout", "batch", "C", "e", "sizes"):
+            table.add_column(column)
+        for f in result.fits:
+            table.add_row(f.contender, f.layout, str(f.batch), str(f.channels), f"{f.exponent:.2f}",
+                          f"{f.points} (N={f.min_positions}..{f.max_positions})")
+        console.print(table)
+
+    if result.models or result.models_note:
+        table = Table(title="zoo models end to end (median ms)")
+        for column in ("model", "input", "eager", "ORT custom-op", "eager/ORT", "max |diff|", "status"):
+            table.add_column(column)
+        for m in result.models:
+            table.add_row(m.model, "x".join(map(str, (m.batch, *m.input_shape))), _ms(m.eager_median_ms),
+                          _ms(m.ort_median_ms), "-" if m.eager_over_ort is None else f"{m.eager_over_ort:.2f}x",
+                          "-" if m.max_abs_error is None else f"{m.max_abs_error:.1e}",
+                          m.status + (f": {m.reason}" if m.reason else ""))
+        if result.models:
+            console.print(table)
+        if result.models_note:
+            console.print(f"[yellow]models[/]: {result.models_note}", highlight=False)
+
+    for kind, path in result.files.items():
+        console.print(f"wrote {kind}: {path}", highlight=False)

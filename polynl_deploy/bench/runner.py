@@ -1,0 +1,152 @@
+"""run_bench: the sweep over cases and contenders, then fits, targets, model-level timings and outputs."""
+
+import os
+import platform
+import tempfile
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+
+from polynl_deploy.bench import contenders as registry
+from polynl_deploy.bench.analysis import evaluate_targets, fit_all
+from polynl_deploy.bench.contenders import REFERENCES, Contender, Workload, as_arrays, build_layer_modules
+from polynl_deploy.bench.models import run_models
+from polynl_deploy.bench.report import write_outputs
+from polynl_deploy.bench.settings import BenchResult, BenchSettings, Case, Measurement
+from polynl_deploy.bench.timing import call_with_peak_memory, time_calls
+
+GIB = 1024 ** 3
+
+
+def _machine(threads: int) -> dict:
+    import onnxruntime
+
+    return {"platform": platform.platform(), "processor": platform.processor(), "cpu_count": os.cpu_count(),
+            "threads": threads, "torch": torch.__version__, "onnxruntime": onnxruntime.__version__,
+            "load_average_start": _load_average()}
+
+
+def _load_average() -> str:
+    return " ".join(f"{v:.2f}" for v in os.getloadavg())
+
+
+def _record(contender: Contender, case: Case, status: str, reason: str = "") -> Measurement:
+    return Measurement(contender.name, contender.family, contender.runtime, case.layout, case.batch, case.channels,
+                       case.inner_channels, case.positions, status, reason,
+                       floor_gflop=case.floor_flops / 1e9)
+
+
+def nonlocal_skip_reason(case: Case, settings: BenchSettings, previous: Measurement | None) -> str | None:
+    """Why NonLocal2d should not run at ``case``: its N x N matrix is over the memory cap, or one call
+    is predicted (from ``previous``, a smaller N of the same group, scaled as N^2) to exceed the time budget."""
+    pairwise_gib = case.batch * case.positions ** 2 * 4 / GIB
+    if pairwise_gib > settings.nonlocal_memory_cap_gib:
+        return (f"skipped: its B x N x N fp32 matrix needs {pairwise_gib:.1f} GiB > cap "
+                f"{settings.nonlocal_memory_cap_gib:g} GiB (nonlocal_memory_cap_gib)")
+    if previous is not None:
+        predicted_s = previous.median_ms / 1e3 * (case.positions / previous.positions) ** 2
+        if predicted_s > settings.nonlocal_time_budget_s:
+            return (f"skipped: one call predicted at {predicted_s:.1f} s (N^2 from N={previous.positions}) "
+                    f"> budget {settings.nonlocal_time_budget_s:g} s (nonlocal_time_budget_s)")
+    return None
+
+
+def _max_abs_error(got, reference) -> float:
+    return max(float(abs(g - r).max()) for g, r in zip(got, reference))
+
+
+class _Sweep:
+    """State across cases: skipped contenders, the last measurement per group, reference outputs."""
+
+    def __init__(self, settings: BenchSettings, threads: int, workdir: Path) -> None:
+        self.settings, self.threads, self.workdir = settings, threads, workdir
+        self.dropped: dict[str, str] = {}
+        self.last_ok: dict[tuple, Measurement] = {}
+        self.modules: dict[tuple, object] = {}
+
+    def workload(self, case: Case) -> Workload:
+        key = (case.layout, case.channels, case.reduction)
+        if key not in self.modules:
+            self.modules[key] = build_layer_modules(*key, self.settings.seed, self.workdir)
+        return Workload(case, self.modules[key], self.threads, self.settings.seed)
+
+    def measure(self, contender: Contender, work: Workload, references: dict) -> Measurement:
+        case, settings = work.case, self.settings
+        group = (contender.name, case.layout, case.batch, case.channels)
+        if contender.name in self.dropped:
+            return _record(contender, case, "skipped", self.dropped[contender.name])
+        if contender.family == "nonlocal":
+            reason = nonlocal_skip_reason(case, settings, self.last_ok.get(group))
+            if reason:
+                return _record(contender, case, "skipped", reason)
+        record = _record(contender, case, "ok")
+        try:
+            started = time.perf_counter()
+            call = contender.prepare(work)
+            record.prepare_s = time.perf_counter() - started
+            output, record.peak_memory_mib = call_with_peak_memory(call)
+            arrays = as_arrays(output)
+            del output
+            timing = time_calls(call, warmup=settings.warmup, repeats=settings.repeats,
+                                budget_s=settings.measurement_budget_s)
+        except Exception as exc:  # one failing contender must not end the sweep
+            reason = f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:200]}"
+            if contender.name == "polynl-naive-compile":
+                self.dropped[contender.name] = f"skipped: torch.compile failed earlier ({reason})"
+            return _record(contender, case, "failed", reason)
+        if contender.name == "polynl-naive-compile" and record.prepare_s > settings.compile_budget_s:
+            self.dropped[contender.name] = (f"skipped: compiling took {record.prepare_s:.0f} s "
+                                            f"> budget {settings.compile_budget_s:g} s (compile_budget_s)")
+        record.median_ms, record.q1_ms, record.q3_ms = timing.median * 1e3, timing.q1 * 1e3, timing.q3 * 1e3
+        record.min_ms, record.max_ms, record.repeats = timing.minimum * 1e3, timing.maximum * 1e3, timing.repeats
+        record.gflops_vs_floor = case.floor_flops / 1e9 / timing.median
+        reference = REFERENCES.get(contender.family)
+        if reference == contender.name:
+            references[contender.family] = arrays
+        elif contender.family in references:
+            record.max_abs_error = _max_abs_error(arrays, references[contender.family])
+            record.error_reference = reference
+        self.last_ok[group] = record
+        return record
+
+
+def _progress(enabled: bool):
+    if not enabled:
+        return nullcontext(None)
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+
+
+def run_bench(settings: BenchSettings) -> BenchResult:
+    """Time every selected contender at every case of the grid; fit exponents, evaluate the targets,
+    time the zoo models, and write CSV, JSON and plots to ``settings.output_dir``."""
+    threads = settings.threads or torch.get_num_threads()
+    torch.set_num_threads(threads)
+    selected = registry.select(settings.contenders)
+    result = BenchResult(settings, _machine(threads))
+    result.unavailable = {c.name: reason for c in selected if (reason := c.unavailable_reason())}
+    active = [c for c in selected if c.name not in result.unavailable]
+    cases = settings.cases()
+    with tempfile.TemporaryDirectory(prefix="polynl-bench-") as tmp, _progress(settings.progress) as progress:
+        sweep = _Sweep(settings, threads, Path(tmp))
+        task = progress.add_task("sweep", total=len(cases) * len(active)) if progress else None
+        with torch.inference_mode():
+            for case in cases:
+                work, references = sweep.workload(case), {}
+                for contender in active:
+                    if progress:
+                        progress.update(task, description=f"{case.label()}  {contender.name}")
+                    result.measurements.append(sweep.measure(contender, work, references))
+                    if progress:
+                        progress.advance(task)
+                del work, references
+        result.models, result.models_note = run_models(settings, threads, Path(tmp), progress)
+    result.fits = fit_all(result.measurements)
+    if settings.target is not None:
+        result.target_case = settings.target
+        result.targets = evaluate_targets(result, settings.target)
+    result.machine["load_average_end"] = _load_average()
+    write_outputs(result)
+    return result

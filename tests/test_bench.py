@@ -1,0 +1,140 @@
+"""polynl_deploy.bench on a tiny grid: outputs and their columns, exponent fits, numerics, skip paths.
+
+No timing assertions: timings on a shared CI machine are noise at these sizes.
+"""
+
+import csv
+import json
+import math
+
+import numpy as np
+import pytest
+
+from polynl_deploy.bench import BenchSettings, Case, run_bench
+from polynl_deploy.bench.analysis import fit_exponent, fit_all
+from polynl_deploy.bench.contenders import CONTENDER_NAMES
+from polynl_deploy.bench.runner import nonlocal_skip_reason
+from polynl_deploy.bench.settings import MEASUREMENT_COLUMNS, BenchSettingsError, Measurement
+
+FAST_CONTENDERS = tuple(c for c in CONTENDER_NAMES if c != "polynl-naive-compile")
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """Maps 4² and 8², tokens 16, C=8, batch 1 and 2; every contender except torch.compile (slow to compile)."""
+    settings = BenchSettings(map_sides=(4, 8), token_lengths=(16,), channels=(8,), batches=(1, 2), repeats=2,
+                             warmup=0, contenders=FAST_CONTENDERS, target=Case("maps", 1, 8, 64),
+                             output_dir=tmp_path_factory.mktemp("bench"), progress=False)
+    return run_bench(settings)
+
+
+def test_writes_csv_json_and_plots(tiny):
+    out = tiny.settings.output_dir
+    with open(out / "measurements.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert tuple(rows[0]) == MEASUREMENT_COLUMNS
+    for column in ("contender", "median_ms", "q1_ms", "q3_ms", "min_ms", "max_ms", "peak_memory_mib",
+                   "gflops_vs_floor", "max_abs_error", "status", "reason"):
+        assert column in MEASUREMENT_COLUMNS
+    ran = [c for c in FAST_CONTENDERS if c not in tiny.unavailable]
+    assert len(rows) == len(ran) * len(tiny.settings.cases())
+    assert {r["status"] for r in rows} == {"ok"}
+    document = json.loads((out / "results.json").read_text())
+    assert {"settings", "machine", "measurements", "scaling_fits", "targets", "unavailable"} <= set(document)
+    for name in ("latency_vs_n_maps.png", "speedup_vs_nonlocal_maps.png", "latency_vs_n_tokens.png"):
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_absent_gpu_contender_has_a_reason(tiny):
+    from polynl_deploy.features import detect
+
+    if not detect().cuda:
+        assert "CUDA" in tiny.unavailable["polynl-tensorrt-plugin"]
+
+
+def test_contenders_match_their_reference(tiny):
+    """ORT (custom-op, standard-ops), folded eager vs naive eager; the ORT floor vs the torch floor."""
+    compared = [m for m in tiny.measurements if m.error_reference]
+    assert {m.contender for m in compared} >= {"polynl-folded-eager", "polynl-ort-custom-op",
+                                               "polynl-ort-standard-ops", "floor-ort"}
+    for m in compared:
+        assert m.max_abs_error < 1e-3, (m.contender, m.case, m.max_abs_error)
+
+
+def test_targets_and_fits_are_reported(tiny):
+    assert {t.key for t in tiny.targets} == {"a", "b", "c", "d"}
+    assert all(t.value is not None and t.basis for t in tiny.targets)
+    assert any(f.contender == "polynl-ort-custom-op" and f.points == 2 for f in tiny.fits)
+
+
+def test_exponent_fit_recovers_synthetic_powers():
+    n = np.array([1024, 4096, 16384, 65536])
+    for exponent in (1.0, 2.0, 1.37):
+        fitted, intercept = fit_exponent(n, 3e-4 * n ** exponent)
+        assert fitted == pytest.approx(exponent, abs=1e-9)
+        assert math.exp(intercept) == pytest.approx(3e-4)
+    with pytest.raises(ValueError):
+        fit_exponent([1024, 1024], [1.0, 2.0])
+
+
+def _measurement(contender: str, positions: int, median_ms: float, status: str = "ok") -> Measurement:
+    return Measurement(contender, "nonlocal", "torch", "maps", 1, 256, 128, positions, status,
+                       median_ms=median_ms if status == "ok" else None)
+
+
+def test_fit_all_groups_and_extrapolation_is_labelled():
+    from polynl_deploy.bench.analysis import latency_at
+    from polynl_deploy.bench.settings import BenchResult
+
+    name = "nonlocal-dot-product-eager"
+    result = BenchResult(BenchSettings(), {})
+    result.measurements = [_measurement(name, 32 ** 2, 1.0), _measurement(name, 64 ** 2, 16.0),
+                           _measurement(name, 128 ** 2, 0.0, status="skipped")]
+    result.fits = fit_all(result.measurements)
+    assert [f.exponent for f in result.fits] == [pytest.approx(2.0)]
+    value, basis = latency_at(result, name, Case("maps", 1, 256, 128 ** 2))
+    assert value == pytest.approx(256.0)
+    assert basis.startswith("EXTRAPOLATED")
+
+
+def test_nonlocal_memory_cap_skips_with_reason():
+    settings = BenchSettings(nonlocal_memory_cap_gib=0.5)
+    target = Case("maps", 1, 256, 128 ** 2)  # N x N fp32 = 1 GiB
+    reason = nonlocal_skip_reason(target, settings, None)
+    assert reason and "1.0 GiB > cap 0.5 GiB" in reason
+    assert nonlocal_skip_reason(Case("maps", 1, 256, 64 ** 2), settings, None) is None
+
+
+def test_nonlocal_time_budget_skips_from_a_smaller_measurement():
+    settings = BenchSettings(nonlocal_time_budget_s=1.0)
+    previous = _measurement("nonlocal-dot-product-eager", 64 ** 2, 300.0)  # 0.3 s -> 4.8 s at 128²
+    reason = nonlocal_skip_reason(Case("maps", 1, 256, 128 ** 2), settings, previous)
+    assert reason and "predicted" in reason
+
+
+def test_memory_cap_skip_appears_in_the_sweep(tmp_path):
+    settings = BenchSettings(map_sides=(8,), channels=(8,), repeats=1, warmup=0, nonlocal_memory_cap_gib=1e-9,
+                             contenders=("polynl-naive-eager", "nonlocal-dot-product-eager"), target=None,
+                             output_dir=tmp_path, progress=False, plots=False)
+    result = run_bench(settings)
+    skipped = [m for m in result.measurements if m.contender == "nonlocal-dot-product-eager"]
+    assert [m.status for m in skipped] == ["skipped"] and "cap" in skipped[0].reason
+
+
+def test_settings_reject_unknown_names():
+    with pytest.raises(BenchSettingsError):
+        BenchSettings.preset_named("fastest")
+    with pytest.raises(BenchSettingsError):
+        run_bench(BenchSettings(contenders=("polynl-magic",), progress=False))
+    with pytest.raises(BenchSettingsError):
+        Case("maps", 1, 8, 50)
+
+
+def test_presets_have_the_documented_grids():
+    targets = BenchSettings.preset_named("targets")
+    assert targets.target == Case("maps", 1, 256, 128 ** 2) and targets.target.inner_channels == 128
+    assert targets.target in targets.cases()
+    assert {c.channels for c in targets.cases()} == {256} and {c.batch for c in targets.cases()} == {1}
+    full = BenchSettings.preset_named("full")
+    assert {c.batch for c in full.cases()} == {1, 8} and {c.channels for c in full.cases()} == {64, 256, 1024}
+    assert max(c.positions for c in full.cases()) == 256 ** 2
