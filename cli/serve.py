@@ -39,8 +39,8 @@ def serve(
     settings = ServeSettings(parse_model_args(models), host=host, port=port, backend=backend,
                              max_batch_size=max_batch_size, max_delay_ms=max_delay_ms, max_queue=max_queue,
                              max_body_mb=max_body_mb, workers=workers)
-    console.print(f"serving {', '.join(settings.models)} on http://{host}:{port}/v2", highlight=False)
-    run_server(settings)
+    run_server(settings, on_ready=lambda url: console.print(f"serving {', '.join(settings.models)} on {url}",
+                                                            highlight=False))
 
 
 def triton_repo(

@@ -102,7 +102,7 @@ def run_demo(settings: DemoSettings, on_step=lambda message: None) -> DemoResult
 def render(result: DemoResult, console) -> None:
     from rich.table import Table
 
-    table = Table(title=f"polynl demo: {result.export.path} ({len(result.export.blocks)} Poly-NL blocks, "
+    table = Table(title=f"polynl demo: {result.export.path} ({len(result.export.blocks)} Poly-NL block(s), "
                         f"plugin-ready: {'yes' if result.summary.plugin_ready else 'no'})")
     for column in ("backend", "accuracy", "labels = eager", "max abs err", "min atol", "status"):
         table.add_column(column)

@@ -144,6 +144,7 @@ def save_inputs(path, feeds: Sequence[Feed]) -> None:
 
 
 def load_inputs(path) -> list[Feed]:
+    """Feeds from an .npz: keys ``<set>/<input>`` (as saved by save_inputs) or plain input names (one set)."""
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: no such inputs file")
@@ -151,10 +152,14 @@ def load_inputs(path) -> list[Feed]:
         with np.load(path, allow_pickle=False) as data:
             feeds: dict[int, Feed] = {}
             for key in data.files:
-                index, _, name = key.partition("/")
+                index, sep, name = key.partition("/")
+                if not sep:
+                    index, name = "0", key
                 feeds.setdefault(int(index), {})[name] = data[key]
-    except (ValueError, OSError) as exc:
+    except (ValueError, OSError, AttributeError, TypeError) as exc:
         raise InputError(f"{path}: not a readable .npz of input arrays ({exc})") from exc
+    if not feeds:
+        raise InputError(f"{path}: holds no arrays")
     return [feeds[i] for i in sorted(feeds)]
 
 

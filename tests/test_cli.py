@@ -192,3 +192,17 @@ def test_checkpoints_good_and_mismatched(tmp_path):
 def test_bad_tolerance_option(exported):
     assert_clean_error(run_cli("validate", exported, "--source", SOURCE, "--tolerance", "output:x"),
                        "expected OUTPUT:ATOL:RTOL")
+
+
+def test_run_reads_plain_and_saved_npz_and_refuses_other_files(exported, tmp_path):
+    import numpy as np
+    plain = tmp_path / "plain.npz"
+    np.savez(plain, x=np.zeros((1, 3, 6, 6), np.float32))
+    out = tmp_path / "out.npz"
+    result = run_cli("run", exported, "--inputs", plain, "--output", out)
+    assert result.returncode == 0, result.stderr
+    with np.load(out) as data:
+        assert data[data.files[0]].shape == (1, 4, 6, 6)
+    not_npz = tmp_path / "text.npz"
+    not_npz.write_text("hello")
+    assert_clean_error(run_cli("run", exported, "--inputs", not_npz), "not a readable .npz")

@@ -1,5 +1,7 @@
 """``serve``: run the app with uvicorn; SIGINT/SIGTERM stop accepting work, drain, then exit."""
 
+from typing import Callable
+
 import uvicorn
 
 from polynl_deploy.serving.app import create_app
@@ -19,9 +21,10 @@ class _DrainingServer(uvicorn.Server):
         super().handle_exit(sig, frame)
 
 
-def serve(settings: ServeSettings) -> None:
-    """Load the models, then serve them on ``settings.host:settings.port`` until stopped."""
+def serve(settings: ServeSettings, on_ready: Callable[[str], None] = lambda url: None) -> None:
+    """Load the models, call ``on_ready`` with the base URL, then serve until stopped."""
     app = create_app(settings)
+    on_ready(f"http://{settings.host}:{settings.port}/v2")
     config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=settings.log_level,
                             access_log=settings.access_log, timeout_graceful_shutdown=settings.drain_timeout_s,
                             lifespan="on")

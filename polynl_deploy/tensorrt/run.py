@@ -34,10 +34,6 @@ def read_npz_feed(path) -> dict[str, np.ndarray]:
     """Arrays keyed by input name; a ``--save-inputs`` file (keys ``<set>/<name>``) gives its first set."""
     from polynl_deploy.validation import load_inputs
 
-    with np.load(path, allow_pickle=False) as data:
-        keys = list(data.files)
-        if keys and all("/" not in k for k in keys):
-            return {k: data[k] for k in keys}
     return load_inputs(path)[0]
 
 
