@@ -42,14 +42,15 @@ class TensorRTRunner(Runner):
         self.context = self.engine.create_execution_context()
         self.stream = torch.cuda.Stream()
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
-        is_input = {n: self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT for n in names}
-        self.input_specs = [TensorSpec(n, self._dtype(n), tuple(d if d >= 0 else None
-                                                                  for d in self.engine.get_tensor_shape(n)))
-                             for n in names if is_input[n]]
-        self.output_names = [n for n in names if not is_input[n]]
         if any(self.engine.get_tensor_dtype(n).name == "BF16" for n in names):
             raise ModelFileError(f"{self.path}: bfloat16 engine inputs/outputs cannot be fed from numpy; "
                                  "rebuild with --keep-io-fp32")
+        specs = [TensorSpec(n, self._dtype(n), tuple(d if d >= 0 else None for d in self.engine.get_tensor_shape(n)))
+                 for n in names]
+        is_input = {n: self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT for n in names}
+        self.input_specs = [s for s in specs if is_input[s.name]]
+        self.output_specs = [s for s in specs if not is_input[s.name]]
+        self.output_names = [s.name for s in self.output_specs]
 
     def _dtype(self, name: str) -> str:
         return _NUMPY_TYPES[self.engine.get_tensor_dtype(name).name]
