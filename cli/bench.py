@@ -1,4 +1,4 @@
-"""``polynl bench``: the benchmark sweep (register in app.py with ``app.command()(bench)``)."""
+"""``polynl bench``: the benchmark sweep (registered in app.py)."""
 
 from pathlib import Path
 from typing import Annotated, Optional

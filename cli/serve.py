@@ -1,8 +1,4 @@
-"""``polynl serve`` and ``polynl triton-repo``: plain functions for the lead to register on the app, e.g.
-
-    from polynl_cli import serve as serve_commands
-    app.command()(handles_errors(serve_commands.serve))
-    app.command("triton-repo")(handles_errors(serve_commands.triton_repo))
+"""``polynl serve`` and ``polynl triton-repo`` (registered in app.py).
 
 The serving stack (fastapi, uvicorn, onnxruntime) is imported inside the commands only.
 """

@@ -1,8 +1,4 @@
-"""``polynl build`` and ``polynl run``: plain functions for the lead to register on the app, e.g.
-
-    from polynl_cli import tensorrt as tensorrt_commands
-    app.command()(handles_errors(tensorrt_commands.build))
-    app.command()(handles_errors(tensorrt_commands.run))
+"""``polynl build`` and ``polynl run`` (registered in app.py).
 
 TensorRT, torch and onnx are imported inside the commands only.
 """

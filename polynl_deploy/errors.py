@@ -31,3 +31,19 @@ class ValidationError(PolyNLError):
 
 class BackendUnavailableError(PolyNLError):
     """A backend (TensorRT, CUDA, plugin library) is not present on this machine."""
+
+
+class SurgeryError(PolyNLError):
+    """A graph pass could not rewrite the model, or its result fails the ONNX checker."""
+
+
+class BuildSettingsError(PolyNLError):
+    """An engine build was asked for with inconsistent settings."""
+
+
+class EngineBuildError(PolyNLError):
+    """TensorRT parsed the model but could not build an engine from it."""
+
+
+class BenchSettingsError(PolyNLError):
+    """An impossible benchmark setting (unknown preset or contender, bad size)."""

@@ -19,7 +19,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from polynl_deploy import contract
-from polynl_deploy.errors import ExportError, PolyNLError
+from polynl_deploy.errors import ExportError, SurgeryError
 from polynl_deploy.export.exporter import attach_function, to_standard_ops
 from polynl_deploy.export.schema import register_schema
 from polynl_deploy.io import atomic_path
@@ -30,10 +30,6 @@ log = logging.getLogger(__name__)
 _TRANSPOSE_LAST_TWO = [0, 2, 1]
 _POOLED_AXES = {contract.LAYOUT_MAPS: (4, {2, 3}), contract.LAYOUT_TOKENS: (3, {1})}
 """Rank of X and the position axes that ReduceMean averages over, per layout."""
-
-
-class SurgeryError(PolyNLError):
-    """A graph pass could not rewrite the model, or its result fails the ONNX checker."""
 
 
 # --- reading the graph ---------------------------------------------------------------------

@@ -5,13 +5,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from polynl_deploy import contract
-from polynl_deploy.errors import PolyNLError
+from polynl_deploy.errors import BenchSettingsError
 
 PRESETS = ("quick", "targets", "full")
-
-
-class BenchSettingsError(PolyNLError):
-    """An impossible benchmark setting (unknown preset or contender, bad size)."""
 
 
 @dataclass(frozen=True, order=True)

@@ -4,7 +4,6 @@ Weights are matrices: Wq, Wk, Wv are (C, C'), Wo is (C', C); biases are vectors.
 Both forms return the pre-norm output projection P = ((X Wq + bq) * m) Wo + bo in the layout of X.
 """
 
-import torch
 from torch import Tensor
 
 from polynl_deploy.defaults import UNFOLDED_MAX_RATIO

@@ -16,7 +16,7 @@ from pathlib import Path
 import onnx
 
 from polynl_deploy import contract, features
-from polynl_deploy.errors import BackendUnavailableError, ModelFileError, PolyNLError
+from polynl_deploy.errors import BackendUnavailableError, EngineBuildError, ModelFileError
 from polynl_deploy.io import atomic_path, write_bytes_atomic
 from polynl_deploy.onnx_file import load_onnx
 from polynl_deploy.tensorrt.precision import convert_precision
@@ -28,10 +28,6 @@ log = logging.getLogger(__name__)
 GRAPH_PLUGIN = "custom-op (PolyNL plugin)"
 GRAPH_FUNCTION_BODY = "custom-op (the parser imports each PolyNL node's model-local function body)"
 GRAPH_AS_EXPORTED = "standard-ops (as exported)"
-
-
-class EngineBuildError(PolyNLError):
-    """TensorRT parsed the model but could not build an engine from it."""
 
 
 @dataclass

@@ -3,7 +3,7 @@
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from polynl_deploy.errors import PolyNLError
+from polynl_deploy.errors import BuildSettingsError
 
 TARGETS = ("trt", "rtx")
 """trt: full TensorRT with the PolyNL plugin, built on the GPU it runs on.
@@ -15,10 +15,6 @@ DEFAULT_MAX_SCALE = 2
 """Default profile max: this multiple of the export's example size on every dynamic axis."""
 
 Shape = tuple[int, ...]
-
-
-class BuildSettingsError(PolyNLError):
-    """An engine build was asked for with inconsistent settings."""
 
 
 @dataclass
