@@ -8,12 +8,13 @@ from pathlib import Path
 
 from polynl_deploy.bench.analysis import NONLOCAL_LABELS
 from polynl_deploy.bench.settings import MEASUREMENT_COLUMNS, BenchResult, Measurement
+from polynl_deploy.io import atomic_path, write_bytes_atomic
 
 NONLOCAL_NAMES = tuple(NONLOCAL_LABELS)
 
 
 def write_csv(measurements: list[Measurement], path: Path) -> None:
-    with open(path, "w", newline="") as handle:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=MEASUREMENT_COLUMNS)
         writer.writeheader()
         for m in measurements:
@@ -32,7 +33,7 @@ def write_json(result: BenchResult, path: Path) -> None:
         "models": [asdict(m) for m in result.models],
         "models_note": result.models_note,
     }
-    path.write_text(json.dumps(document, indent=2, default=str))
+    write_bytes_atomic(path, json.dumps(document, indent=2, default=str).encode())
 
 
 def _groups(measurements: list[Measurement], layout: str) -> tuple[list[int], list[int]]:
@@ -46,71 +47,65 @@ def _series(measurements, layout, batch, channels, contender) -> tuple[list[int]
     return [p for p, _ in points], [t for _, t in points]
 
 
-def _grid(plt, rows: int, cols: int):
-    figure, axes = plt.subplots(rows, cols, figsize=(5.5 * cols, 4.2 * rows), squeeze=False)
-    return figure, axes
-
-
-def plot_latency(measurements: list[Measurement], layout: str, path: Path) -> bool:
-    """Log-log latency vs N, one line per contender, one panel per (batch, C). False if nothing to plot."""
+def _plot_panels(measurements: list[Measurement], layout: str, path: Path, ylabel: str, draw) -> None:
+    """One log-log panel per (batch, C); ``draw(ax, batch, channels)`` adds the lines. Written atomically."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     batches, channels = _groups(measurements, layout)
-    if not batches:
-        return False
-    contenders = list(dict.fromkeys(m.contender for m in measurements if m.status == "ok"))
-    figure, axes = _grid(plt, len(batches), len(channels))
+    figure, axes = plt.subplots(len(batches), len(channels), figsize=(5.5 * len(channels), 4.2 * len(batches)),
+                                squeeze=False)
     for row, batch in enumerate(batches):
         for col, c in enumerate(channels):
             ax = axes[row][col]
-            for contender in contenders:
-                n, t = _series(measurements, layout, batch, c, contender)
-                if n:
-                    ax.loglog(n, t, marker="o", label=contender,
-                              linestyle="--" if contender.startswith(("floor", "nonlocal")) else "-")
-            ax.set(title=f"{layout}, batch {batch}, C={c}", xlabel="N (positions)", ylabel="median latency (ms)")
+            draw(ax, batch, c)
+            ax.set(title=f"{layout}, batch {batch}, C={c}", xlabel="N (positions)", ylabel=ylabel)
             ax.grid(True, which="both", alpha=0.3)
     axes[0][0].legend(fontsize=7)
     figure.tight_layout()
-    figure.savefig(path, dpi=110)
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, dpi=110, format="png")
     plt.close(figure)
+
+
+def plot_latency(measurements: list[Measurement], layout: str, path: Path) -> bool:
+    """Log-log latency vs N, one line per contender, one panel per (batch, C). False if nothing to plot."""
+    if not _groups(measurements, layout)[0]:
+        return False
+    contenders = list(dict.fromkeys(m.contender for m in measurements if m.status == "ok"))
+
+    def draw(ax, batch, c):
+        for contender in contenders:
+            n, t = _series(measurements, layout, batch, c, contender)
+            if n:
+                ax.loglog(n, t, marker="o", label=contender,
+                          linestyle="--" if contender.startswith(("floor", "nonlocal")) else "-")
+
+    _plot_panels(measurements, layout, path, "median latency (ms)", draw)
     return True
 
 
 def plot_speedup(measurements: list[Measurement], layout: str, path: Path) -> bool:
     """Speed-up of each Poly-NL contender over the faster NonLocal2d mode at the same size."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    batches, channels = _groups(measurements, layout)
     nonlocal_times: dict[tuple, float] = {}
     for m in measurements:
         if m.status == "ok" and m.contender in NONLOCAL_NAMES:
             key = (m.layout, m.batch, m.channels, m.positions)
             nonlocal_times[key] = min(nonlocal_times.get(key, math.inf), m.median_ms)
-    if not batches or not any(k[0] == layout for k in nonlocal_times):
+    if not _groups(measurements, layout)[0] or not any(k[0] == layout for k in nonlocal_times):
         return False
     polynl = list(dict.fromkeys(m.contender for m in measurements if m.status == "ok" and m.family == "polynl"))
-    figure, axes = _grid(plt, len(batches), len(channels))
-    for row, batch in enumerate(batches):
-        for col, c in enumerate(channels):
-            ax = axes[row][col]
-            for contender in polynl:
-                n, t = _series(measurements, layout, batch, c, contender)
-                pairs = [(p, nonlocal_times[(layout, batch, c, p)] / v) for p, v in zip(n, t)
-                         if (layout, batch, c, p) in nonlocal_times]
-                if pairs:
-                    ax.loglog(*zip(*pairs), marker="o", label=contender)
-            ax.set(title=f"{layout}, batch {batch}, C={c}", xlabel="N (positions)",
-                   ylabel="speed-up vs faster NonLocal2d (x)")
-            ax.grid(True, which="both", alpha=0.3)
-    axes[0][0].legend(fontsize=7)
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
+
+    def draw(ax, batch, c):
+        for contender in polynl:
+            n, t = _series(measurements, layout, batch, c, contender)
+            pairs = [(p, nonlocal_times[(layout, batch, c, p)] / v) for p, v in zip(n, t)
+                     if (layout, batch, c, p) in nonlocal_times]
+            if pairs:
+                ax.loglog(*zip(*pairs), marker="o", label=contender)
+
+    _plot_panels(measurements, layout, path, "speed-up vs faster NonLocal2d (x)", draw)
     return True
 
 
