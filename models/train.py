@@ -9,7 +9,6 @@ Determinism: fixed seeds, a fixed thread count and ``torch.use_deterministic_alg
 """
 
 import argparse
-import hashlib
 import json
 import platform
 import shlex
@@ -22,6 +21,7 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
+from polynl_deploy.io import atomic_path, sha256_of, write_bytes_atomic
 from polynl_models import data
 from polynl_models.registry import MARKS_METADATA, build_model, get_spec, parameter_count
 
@@ -81,9 +81,10 @@ def accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch
 
 
 def save_checkpoint(model: nn.Module, path: Path) -> str:
-    """Write the state dict (contiguous copies) as safetensors; returns its sha256."""
-    save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, str(path))
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+    """Write the state dict (contiguous copies) as safetensors, atomically; returns its sha256."""
+    with atomic_path(path) as tmp:
+        save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, str(tmp))
+    return sha256_of(path)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -128,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
         "python_version": platform.python_version(),
         "machine": platform.machine(),
     }
-    (args.out / MARKS_METADATA).write_text(json.dumps(record, indent=2) + "\n")
+    write_bytes_atomic(args.out / MARKS_METADATA, (json.dumps(record, indent=2) + "\n").encode())
     print(f"wrote {args.out / MARKS_METADATA}")
     return 0
 

@@ -1,6 +1,7 @@
 """File helpers: atomic writes and safe checkpoint loading (never unpickles arbitrary objects)."""
 
 import contextlib
+import hashlib
 import os
 import tempfile
 from pathlib import Path
@@ -18,9 +19,10 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     os.close(fd)
-    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the mode open() would
     try:
         yield Path(tmp)
+        # mkstemp (and writers that replace the file, like safetensors) leave 0600: give it open()'s mode
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, target)
     finally:
         if os.path.exists(tmp):
@@ -36,6 +38,15 @@ def _umask() -> int:
 def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)
+
+
+def sha256_of(path) -> str:
+    """Hex SHA-256 of a file, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def load_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:

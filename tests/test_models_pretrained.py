@@ -7,11 +7,11 @@ logit margin is near round-off; 0.5 percentage points is 10 of the 2000 held-out
 far more than such ties, and far less than any real regression (wrong weights or data).
 """
 
-import hashlib
 
 import pytest
 import torch
 
+from polynl_deploy.io import sha256_of
 from polynl_models import data, registry
 from polynl_models.train import BASELINE_NAME, POLYNL_NAME, accuracy
 
@@ -33,7 +33,7 @@ def held_out(record):
 def test_checkpoint_file_is_small_and_matches_its_record(name, record):
     path = registry.CHECKPOINT_DIR / registry.get_spec(name).checkpoint
     assert path.stat().st_size <= MAX_CHECKPOINT_BYTES
-    assert hashlib.sha256(path.read_bytes()).hexdigest() == record["models"][name]["sha256"]
+    assert sha256_of(path) == record["models"][name]["sha256"]
 
 
 @pytest.mark.parametrize("name", [POLYNL_NAME, BASELINE_NAME])

@@ -13,7 +13,8 @@ from fixture_models import TokenNet, TwoBlockNet, token_net, two_block_net
 from polynl_deploy import contract
 from polynl_deploy.errors import ModelFileError
 from polynl_deploy.export.exporter import export_onnx
-from polynl_deploy.tensorrt.builder import GRAPH_FUNCTION_BODY, build_engine, sha256_of
+from polynl_deploy.io import sha256_of
+from polynl_deploy.tensorrt.builder import GRAPH_FUNCTION_BODY, build_engine
 from polynl_deploy.tensorrt.settings import BuildSettings, ShapeOverride
 
 pytestmark = pytest.mark.tensorrt_rtx

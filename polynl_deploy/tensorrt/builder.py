@@ -6,7 +6,6 @@ Target ``rtx``: TensorRT for RTX, ahead of time for the requested SMs, no GPU ne
 layers: its parser imports each PolyNL node's model-local function body (standard ops).
 """
 
-import hashlib
 import json
 import logging
 import time
@@ -17,7 +16,7 @@ import onnx
 
 from polynl_deploy import contract, features
 from polynl_deploy.errors import BackendUnavailableError, EngineBuildError, ModelFileError
-from polynl_deploy.io import atomic_path, write_bytes_atomic
+from polynl_deploy.io import atomic_path, sha256_of, write_bytes_atomic
 from polynl_deploy.onnx_file import load_onnx
 from polynl_deploy.tensorrt.precision import convert_precision
 from polynl_deploy.tensorrt.profiles import Profile, profiles_for_onnx
@@ -52,14 +51,6 @@ def import_tensorrt(target: str):
                 "or build ahead of time with --target rtx")
         raise BackendUnavailableError(f"target {target!r}: TensorRT is not importable ({exc}); {hint}") from exc
     return trt
-
-
-def sha256_of(path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def count_polynl_nodes(model: onnx.ModelProto) -> int:
