@@ -14,6 +14,10 @@ def bench(
                        ] = False,
     full: Annotated[bool, typer.Option("--full", help="N 32²..256² and tokens, C 64..1024, batch 1 and 8, all zoo "
                                                      "models (hours on a small CPU)")] = False,
+    gpu: Annotated[bool, typer.Option("--gpu", help="float16 on CUDA: N 64²..256², C 64..512, batch 1 and 8, with "
+                                                   "the fused kernel and the bandwidth floor; GPU targets")] = False,
+    dtype: Annotated[Optional[str], typer.Option(help="X and module type on CUDA: float32, float16, bfloat16 "
+                                                      "(with --gpu; default float16)")] = None,
     output_dir: Annotated[Path, typer.Option(help="where CSV, JSON and plots go")] = Path("benchmarks/results"),
     repeats: Annotated[Optional[int], typer.Option(help="timed calls per measurement (preset default)")] = None,
     warmup: Annotated[Optional[int], typer.Option(help="untimed calls before timing (preset default)")] = None,
@@ -26,16 +30,17 @@ def bench(
     models: Annotated[bool, typer.Option(help="also time the zoo models end to end")] = True,
     plots: Annotated[bool, typer.Option(help="write PNG plots")] = True,
 ):
-    """Benchmark Poly-NL layers (eager, compiled, ONNX Runtime) against NonLocal2d and the two-GEMM floor."""
+    """Benchmark Poly-NL layers (eager, compiled, ONNX Runtime; on CUDA the fused kernel) against NonLocal2d
+    and the floors (two GEMMs; on CUDA also memory bandwidth)."""
     from polynl_deploy.bench import BenchSettings, run_bench
     from polynl_deploy.bench.report import render
 
-    chosen = [name for name, flag in (("quick", quick), ("targets", targets), ("full", full)) if flag]
+    chosen = [name for name, flag in (("quick", quick), ("targets", targets), ("full", full), ("gpu", gpu)) if flag]
     if len(chosen) > 1:
-        raise typer.BadParameter(f"choose one of --quick, --targets, --full (got {', '.join(chosen)})")
+        raise typer.BadParameter(f"choose one of --quick, --targets, --full, --gpu (got {', '.join(chosen)})")
     overrides = {"output_dir": output_dir, "plots": plots}
     optional = {"repeats": repeats, "warmup": warmup, "threads": threads, "nonlocal_memory_cap_gib":
-                nonlocal_memory_cap_gib, "contenders": tuple(contender) if contender else None}
+                nonlocal_memory_cap_gib, "contenders": tuple(contender) if contender else None, "dtype": dtype}
     overrides.update({k: v for k, v in optional.items() if v is not None})
     if not models:
         overrides["models"] = ()

@@ -47,3 +47,11 @@ class EngineBuildError(PolyNLError):
 
 class BenchSettingsError(PolyNLError):
     """An impossible benchmark setting (unknown preset or contender, bad size)."""
+
+
+class KernelError(PolyNLError):
+    """libpolynl_kernels could not be built or loaded, or refused a call; ``status`` is its PolyNLStatus."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status

@@ -38,6 +38,7 @@ class Features:
     tensorrt: str | None
     tensorrt_rtx: str | None
     plugin_library: Path | None
+    kernel_library: Path | None = None
     problems: tuple[str, ...] = field(default=())
 
     @property
@@ -72,12 +73,16 @@ def detect() -> Features:
     if tensorrt is None and importlib.util.find_spec("tensorrt"):
         tensorrt = "unknown"
     rtx = _version("tensorrt-rtx-cu13-bindings") or _version("tensorrt-rtx")
+    from polynl_deploy.kernels import find_kernel_library
+
     return Features(torch_version, cuda, gpu_name, _version("onnx"), ort_cpu, ort_gpu, providers,
-                    tensorrt, rtx, _plugin_library(), tuple(problems))
+                    tensorrt, rtx, _plugin_library(), find_kernel_library(), tuple(problems))
 
 
 def render(found: Features, console) -> None:
     from rich.table import Table
+
+    from polynl_deploy.kernels import KERNELS_LIBRARY_ENV
 
     table = Table(title="polynl doctor")
     table.add_column("component")
@@ -94,6 +99,8 @@ def render(found: Features, console) -> None:
         ("TensorRT for RTX (AOT builder)", found.tensorrt_rtx or missing),
         ("PolyNL plugin library", str(found.plugin_library) if found.plugin_library
          else f"[yellow]not found (set {PLUGIN_LIBRARY_ENV})"),
+        ("PolyNL CUDA kernel library", str(found.kernel_library) if found.kernel_library
+         else f"[yellow]not found (set {KERNELS_LIBRARY_ENV})"),
     ]
     for name, status in rows:
         table.add_row(name, str(status))

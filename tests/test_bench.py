@@ -9,14 +9,15 @@ import math
 
 import numpy as np
 import pytest
+import torch
 
 from polynl_deploy.bench import BenchSettings, Case, run_bench
 from polynl_deploy.bench.analysis import fit_exponent, fit_all
-from polynl_deploy.bench.contenders import CONTENDER_NAMES
+from polynl_deploy.bench.contenders import CONTENDERS
 from polynl_deploy.bench.runner import nonlocal_skip_reason
 from polynl_deploy.bench.settings import MEASUREMENT_COLUMNS, BenchSettingsError, Measurement
 
-FAST_CONTENDERS = tuple(c for c in CONTENDER_NAMES if c != "polynl-naive-compile")
+FAST_CONTENDERS = tuple(c.name for c in CONTENDERS if "cpu" in c.devices and c.name != "polynl-naive-compile")
 
 
 @pytest.fixture(scope="module")
@@ -138,3 +139,77 @@ def test_presets_have_the_documented_grids():
     full = BenchSettings.preset_named("full")
     assert {c.batch for c in full.cases()} == {1, 8} and {c.channels for c in full.cases()} == {64, 256, 1024}
     assert max(c.positions for c in full.cases()) == 256 ** 2
+
+
+def test_gpu_preset_and_device_rules():
+    gpu = BenchSettings.preset_named("gpu")
+    assert (gpu.device, gpu.dtype) == ("cuda", "float16")
+    assert {c.channels for c in gpu.cases()} == {64, 128, 256, 512} and {c.batch for c in gpu.cases()} == {1, 8}
+    assert gpu.target in gpu.cases()
+    with pytest.raises(BenchSettingsError, match="CPU runs are float32"):
+        BenchSettings(dtype="float16")
+    with pytest.raises(BenchSettingsError, match="do not run on cpu"):
+        run_bench(BenchSettings(contenders=("polynl-cuda-fused-kernel",), progress=False))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
+def test_cuda_run_without_a_gpu_is_refused(tmp_path):
+    with pytest.raises(BenchSettingsError, match="needs a CUDA GPU"):
+        run_bench(BenchSettings.preset_named("gpu", output_dir=tmp_path))
+
+
+def _gpu_result(latencies: dict[str, dict[int, float]], dtype: str = "float16"):
+    from polynl_deploy.bench.settings import BenchResult
+
+    result = BenchResult(BenchSettings(device="cuda", dtype=dtype), {})
+    for contender, by_channels in latencies.items():
+        for channels, median_ms in by_channels.items():
+            for positions, scale in ((64 ** 2, 0.25), (128 ** 2, 1.0)):
+                result.measurements.append(Measurement(contender, "polynl", "cuda", "maps", 1, channels,
+                                                       channels // 2, positions, "ok", median_ms=median_ms * scale,
+                                                       device="cuda", dtype=dtype))
+    result.fits = fit_all(result.measurements)
+    return result
+
+
+def test_gpu_targets_compare_the_fused_kernel_with_the_bandwidth_floor_and_eager():
+    from polynl_deploy.bench.analysis import evaluate_gpu_targets
+
+    result = _gpu_result({"floor-bandwidth": {64: 0.008, 512: 0.060},
+                          "polynl-cuda-fused-kernel": {64: 0.010, 512: 0.120},
+                          "polynl-naive-eager": {64: 0.050, 512: 0.200},
+                          "floor-torch": {512: 0.100}})
+    checks = evaluate_gpu_targets(result, Case("maps", 1, 64, 128 ** 2))
+    by_figure = {t.description: t for t in checks}
+    at_64 = by_figure["bandwidth floor / fused float16 kernel at C=64"]
+    assert at_64.value == pytest.approx(0.8) and at_64.met
+    at_512 = by_figure["bandwidth floor / fused float16 kernel at C=512"]
+    assert at_512.value == pytest.approx(0.5) and at_512.met is False
+    assert "two GEMMs alone (torch/cuBLAS) take 100.0 us, so at most 60% is reachable" in at_512.basis
+    speedup = by_figure["naive eager / fused float16 kernel (same GPU)"]
+    assert speedup.value == pytest.approx(5.0) and speedup.met
+    exponent = by_figure["scaling exponent in N of the fused kernel"]
+    assert exponent.value == pytest.approx(1.0) and exponent.met
+
+
+def test_gpu_targets_say_when_the_run_is_not_float16_or_a_contender_is_missing():
+    from polynl_deploy.bench.analysis import evaluate_gpu_targets
+
+    result = _gpu_result({"floor-bandwidth": {256: 0.02}, "polynl-naive-eager": {256: 0.5}}, dtype="float32")
+    checks = evaluate_gpu_targets(result, Case("maps", 1, 256, 128 ** 2))
+    assert all(t.met is None and t.value is None for t in checks)
+    assert "stated for float16" in checks[0].basis and "polynl-cuda-fused-kernel not measured" in checks[0].basis
+
+
+@pytest.mark.gpu
+def test_gpu_sweep_times_the_fused_kernel_against_eager_and_the_floors(tmp_path):
+    settings = BenchSettings.preset_named("gpu", map_sides=(16, 32), token_lengths=(256,), channels=(64,),
+                                          batches=(1, 2), repeats=5, warmup=1, target=Case("maps", 1, 64, 32 ** 2),
+                                          contenders=("polynl-naive-eager", "polynl-folded-eager",
+                                                      "polynl-cuda-fused-kernel", "floor-torch", "floor-bandwidth"),
+                                          output_dir=tmp_path, progress=False)
+    result = run_bench(settings)
+    assert {m.status for m in result.measurements} == {"ok"}, [m.reason for m in result.measurements]
+    fused = [m for m in result.measurements if m.contender == "polynl-cuda-fused-kernel"]
+    assert all(m.device == "cuda" and m.dtype == "float16" and m.max_abs_error < 0.05 for m in fused)
+    assert {t.key for t in result.targets} == {"d", "e", "f"} and all(t.value is not None for t in result.targets)

@@ -19,6 +19,9 @@ def find_nvcc():
 
 
 NVCC = find_nvcc()
+# Opt-in: real TensorRT headers (no library needed), e.g. TensorRT_ROOT=/opt/tensorrt.
+TENSORRT_ROOT = os.environ.get("TensorRT_ROOT", "")
+HAVE_TENSORRT_HEADERS = bool(TENSORRT_ROOT) and (Path(TENSORRT_ROOT) / "include" / "NvInferRuntime.h").exists()
 
 
 @pytest.mark.skipif(NVCC is None, reason="nvcc not found (PATH or $CUDA_HOME/bin)")
@@ -77,3 +80,17 @@ def test_plugin_against_compile_check_shim(cmake_build, tmp_path):
     result = subprocess.run([str(executable)], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "all checks passed" in result.stdout
+
+
+@pytest.mark.skipif(NVCC is None, reason="nvcc not found: the TensorRT plugin links the CUDA kernels")
+@pytest.mark.skipif(not HAVE_TENSORRT_HEADERS,
+                    reason="TensorRT headers not found: set TensorRT_ROOT to a prefix with include/NvInferRuntime.h")
+def test_plugin_host_test_against_tensorrt_headers(cmake_build):
+    """The plugin built against the real TensorRT headers under $TensorRT_ROOT, loaded as TensorRT loads it
+    (dlopen + getCreators) and checked on the CPU by plugins/tensorrt/tests/plugin_host_test.cpp."""
+    result = subprocess.run(["ctest", "--test-dir", str(cmake_build), "-R", "polynl_trt_plugin_host", "-V",
+                             "--no-tests=error"], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+    summary = next(line for line in result.stdout.splitlines() if "cases passed" in line)
+    print(summary)
+    assert summary.endswith(" 0 failed"), summary

@@ -5,6 +5,8 @@
 // Unfolded path: stage weights -> [K | V] = X [Wk | Wv] + [bk | bv] -> m = mean_n K * V
 //                -> G = (X Wq + bq) * m -> Y = G Wo + bo + alpha X.
 // All intermediate values are float32 in the workspace (layout from polynl::core::workspaceLayout).
+// Every launch goes through launchKernel, so that the CPU emulation in plugins/emulation can run
+// this file unchanged.
 
 #include "polynl_kernels.h"
 
@@ -528,6 +530,18 @@ PolyNLStatus fail(PolyNLStatus status, std::string message)
 
 constexpr int64_t kMaxGridYZ = 65535;
 
+//! Launches `kernel` on `stream` without dynamic shared memory. Compiled as C++ with the CPU emulation
+//! (plugins/emulation/cuda_emulation.h), the emulator runs the grid instead.
+template <typename... Params, typename... Args>
+void launchKernel(void (*kernel)(Params...), dim3 grid, dim3 block, cudaStream_t stream, Args... args)
+{
+#ifdef CUDA_EMULATION
+    cuda_emulation::launch(grid, block, stream, [=] { kernel(args...); });
+#else
+    kernel<<<grid, block, 0, stream>>>(args...);
+#endif
+}
+
 int32_t ceilDiv(int64_t a, int64_t b)
 {
     return static_cast<int32_t>((a + b - 1) / b);
@@ -549,8 +563,8 @@ void launchGemm(MatrixView<TA const> a, float const* aColumnScale, int64_t scale
     Epilogue epilogue, cudaStream_t stream)
 {
     dim3 const grid(ceilDiv(rows, kTileRows), ceilDiv(cols, kTileCols), static_cast<uint32_t>(batch));
-    gemmKernel<TA, Epilogue><<<grid, kGemmThreads, 0, stream>>>(
-        a, aColumnScale, scaleBatchStride, w, rows, cols, depth, outputRowsContiguous, epilogue);
+    launchKernel(gemmKernel<TA, Epilogue>, grid, kGemmThreads, stream, a, aColumnScale, scaleBatchStride, w, rows,
+        cols, depth, outputRowsContiguous, epilogue);
 }
 
 //! Float32 pointers into one workspace.
@@ -571,7 +585,7 @@ void stageWeight(void const* src, int64_t rows, int64_t cols, float* dst, int64_
 {
     constexpr int kThreads = 256;
     int32_t const blocks = std::min<int32_t>(ceilDiv(rows * cols, kThreads), 4096);
-    stageWeightKernel<W><<<blocks, kThreads, 0, stream>>>(static_cast<W const*>(src), rows, cols, dst, ld);
+    launchKernel(stageWeightKernel<W>, blocks, kThreads, stream, static_cast<W const*>(src), rows, cols, dst, ld);
 }
 
 template <typename W>
@@ -602,14 +616,14 @@ void forwardFolded(core::Problem const& p, T const* x, T* y, Buffers const& buf,
     int64_t const triangle = static_cast<int64_t>(tiles) * (tiles + 1) / 2;
     int32_t const slices = positionSlices(p.positions, triangle, p.batch);
     dim3 const gramGrid(tiles, tiles, static_cast<uint32_t>(p.batch * slices));
-    gramKernel<T><<<gramGrid, kGramThreads, 0, stream>>>(xView, p.positions, c, slices, invN, buf.gram, buf.mu);
+    launchKernel(gramKernel<T>, gramGrid, kGramThreads, stream, xView, p.positions, c, slices, invN, buf.gram, buf.mu);
 
-    gramMeansKernel<<<dim3(static_cast<uint32_t>(r), static_cast<uint32_t>(p.batch)), kReduceThreads, 0, stream>>>(
-        buf.gram, buf.mu, buf.wkv, buf.bkv, c, r, buf.means);
+    launchKernel(gramMeansKernel, dim3(static_cast<uint32_t>(r), static_cast<uint32_t>(p.batch)), kReduceThreads,
+        stream, buf.gram, buf.mu, buf.wkv, buf.bkv, c, r, buf.means);
 
     constexpr int kThreads = 256;
-    shiftKernel<<<ceilDiv(p.batch * c, kThreads), kThreads, 0, stream>>>(
-        buf.wo, buf.bq, buf.bo, buf.means, c, r, p.batch, buf.shift);
+    launchKernel(shiftKernel, ceilDiv(p.batch * c, kThreads), kThreads, stream, buf.wo, buf.bq, buf.bo, buf.means, c,
+        r, p.batch, buf.shift);
 
     // M = alpha I + (Wq diag(m)) Wo overwrites S (no longer needed once m is known).
     launchGemm<float>(denseView<float const>(buf.wq, r, 0), buf.means, r, denseView<float const>(buf.wo, c, 0),
@@ -636,8 +650,8 @@ void forwardUnfolded(core::Problem const& p, T const* x, T* y, Buffers const& bu
 
     int32_t const columnBlocks = ceilDiv(r, kMeansColumns);
     int32_t const slices = positionSlices(n, columnBlocks, p.batch);
-    tokenMeansKernel<<<dim3(columnBlocks, static_cast<uint32_t>(p.batch), slices), dim3(kMeansColumns, kMeansRows), 0,
-        stream>>>(buf.tokens, n, r, slices, invN, buf.means);
+    launchKernel(tokenMeansKernel, dim3(columnBlocks, static_cast<uint32_t>(p.batch), slices),
+        dim3(kMeansColumns, kMeansRows), stream, buf.tokens, n, r, slices, invN, buf.means);
 
     // G = (X Wq + bq) * m overwrites the token buffer as (B, N, C').
     MatrixView<float> const gated{buf.tokens, n * r, r, 1};

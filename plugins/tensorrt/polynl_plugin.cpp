@@ -3,11 +3,14 @@
 #include "polynl_contract.h"
 #include "polynl_kernels.h"
 
+#include <cmath>
 #include <cstring>
 #include <exception>
 #include <iostream>
+#include <limits>
 #include <mutex>
 #include <optional>
+#include <utility>
 
 using namespace nvinfer1;
 
@@ -60,6 +63,36 @@ int32_t kernelType(core::DataType type)
 core::Shape toShape(Dims const& dims)
 {
     return core::Shape(dims.d, dims.d + dims.nbDims);
+}
+
+//! One float32 or float64 value, or nothing when the field holds anything else.
+std::optional<double> readScalar(PluginField const& field)
+{
+    if (field.data == nullptr || field.length != 1)
+    {
+        return std::nullopt;
+    }
+    switch (field.type)
+    {
+    case PluginFieldType::kFLOAT32: return *static_cast<float const*>(field.data);
+    case PluginFieldType::kFLOAT64: return *static_cast<double const*>(field.data);
+    default: return std::nullopt;
+    }
+}
+
+//! kCHAR bytes up to `length` or the first NUL (ONNX strings need not be NUL-terminated).
+std::optional<std::string> readString(PluginField const& field)
+{
+    if (field.type != PluginFieldType::kCHAR || field.length < 0 || (field.data == nullptr && field.length > 0))
+    {
+        return std::nullopt;
+    }
+    if (field.length == 0)
+    {
+        return std::string();
+    }
+    auto const* text = static_cast<char const*>(field.data);
+    return std::string(text, strnlen(text, static_cast<size_t>(field.length)));
 }
 
 //! Validates the nine input shapes (any of Dims' wildcards -1 allowed) and fills the problem.
@@ -161,8 +194,12 @@ int32_t PolyNLPlugin::getOutputShapes(DimsExprs const* inputs, int32_t nbInputs,
 }
 
 bool PolyNLPlugin::supportsFormatCombination(
-    int32_t pos, DynamicPluginTensorDesc const* inOut, int32_t nbInputs, int32_t /*nbOutputs*/) noexcept
+    int32_t pos, DynamicPluginTensorDesc const* inOut, int32_t nbInputs, int32_t nbOutputs) noexcept
 {
+    if (nbInputs != contract::kNumInputs || nbOutputs != contract::kNumOutputs || pos < 0 || pos > nbInputs)
+    {
+        return false;
+    }
     PluginTensorDesc const& desc = inOut[pos].desc;
     std::optional<core::DataType> const type = coreType(desc.type);
     if (desc.format != TensorFormat::kLINEAR || !type)
@@ -208,6 +245,12 @@ size_t PolyNLPlugin::getWorkspaceSize(DynamicPluginTensorDesc const* inputs, int
         core::Problem problem;
         if (!describe(nbInputs, [inputs](int32_t i) { return inputs[i].max; }, mLayout, &problem))
         {
+            return 0;
+        }
+        std::string const error = core::validateProblem(problem);
+        if (!error.empty())
+        {
+            logError(error);
             return 0;
         }
         // The workspace grows with B and N, so the profile's maximum covers every smaller shape.
@@ -360,41 +403,50 @@ PluginFieldCollection const* PolyNLPluginCreator::getFieldNames() noexcept
 }
 
 IPluginV3* PolyNLPluginCreator::createPlugin(
-    char const* /*name*/, PluginFieldCollection const* fc, TensorRTPhase /*phase*/) noexcept
+    char const* /*name*/, PluginFieldCollection const* fc, TensorRTPhase phase) noexcept
 {
     try
     {
         float alpha = contract::kAttrAlphaDefault;
         std::string layoutName = contract::kAttrLayoutDefault;
+        bool hasAlpha = false;
+        bool hasLayout = false;
         for (int32_t i = 0; fc != nullptr && i < fc->nbFields; ++i)
         {
             PluginField const& field = fc->fields[i];
-            if (field.name == nullptr || field.data == nullptr)
+            if (field.name == nullptr)
             {
                 continue;
             }
             if (std::strcmp(field.name, contract::kAttrAlpha) == 0)
             {
-                if (field.type == PluginFieldType::kFLOAT32 && field.length == 1)
+                std::optional<double> const value = readScalar(field);
+                if (!value || !std::isfinite(*value) || std::fabs(*value) > std::numeric_limits<float>::max())
                 {
-                    alpha = *static_cast<float const*>(field.data);
-                }
-                else if (field.type == PluginFieldType::kFLOAT64 && field.length == 1)
-                {
-                    alpha = static_cast<float>(*static_cast<double const*>(field.data));
-                }
-                else
-                {
-                    logError("field 'alpha' must be one float32 value");
+                    logError("field 'alpha' must be one finite float32 value");
                     return nullptr;
                 }
+                alpha = static_cast<float>(*value);
+                hasAlpha = true;
             }
             else if (std::strcmp(field.name, contract::kAttrLayout) == 0)
             {
-                auto const* text = static_cast<char const*>(field.data);
-                layoutName.assign(text, strnlen(text, static_cast<size_t>(field.length)));
+                std::optional<std::string> text = readString(field);
+                if (!text)
+                {
+                    logError("field 'layout' must be kCHAR data");
+                    return nullptr;
+                }
+                layoutName = std::move(*text);
+                hasLayout = true;
             }
             // plugin_namespace and plugin_version select this creator; nothing to store.
+        }
+        // getFieldsToSerialize always writes both, so a missing one means a damaged engine.
+        if (phase == TensorRTPhase::kRUNTIME && (!hasAlpha || !hasLayout))
+        {
+            logError("serialized plugin lacks field 'alpha' or 'layout'");
+            return nullptr;
         }
         std::optional<core::Layout> const layout = core::parseLayout(layoutName);
         if (!layout)
@@ -421,8 +473,17 @@ extern "C" void setLoggerFinder(ILoggerFinder* finder)
 
 extern "C" IPluginCreatorInterface* const* getCreators(int32_t& nbCreators)
 {
-    static polynl::trt::PolyNLPluginCreator creator;
-    static IPluginCreatorInterface* const creators[] = {&creator};
-    nbCreators = 1;
-    return creators;
+    try
+    {
+        static polynl::trt::PolyNLPluginCreator creator;
+        static IPluginCreatorInterface* const creators[] = {&creator};
+        nbCreators = 1;
+        return creators;
+    }
+    catch (std::exception const& e) // no exception may reach TensorRT through this C entry point
+    {
+        polynl::trt::logError(e.what());
+    }
+    nbCreators = 0;
+    return nullptr;
 }

@@ -2,6 +2,7 @@
 
 import math
 from collections import defaultdict
+from dataclasses import replace
 
 import numpy as np
 
@@ -10,6 +11,7 @@ from polynl_deploy.bench.settings import BenchResult, Case, Measurement, Scaling
 ORT_POLYNL = "polynl-ort-custom-op"
 NAIVE_EAGER = "polynl-naive-eager"
 FLOOR_ORT, FLOOR_TORCH = "floor-ort", "floor-torch"
+FUSED_KERNEL, FLOOR_BANDWIDTH = "polynl-cuda-fused-kernel", "floor-bandwidth"
 NONLOCAL_LABELS = {"nonlocal-dot-product-eager": "NL dot-product",
                    "nonlocal-embedded-gaussian-eager": "NL embedded-Gaussian"}
 
@@ -18,6 +20,9 @@ NAIVE_SPEEDUP_MIN = 1.6
 NONLOCAL_SPEEDUP_MIN = 80.0
 POLYNL_EXPONENT_MAX = 1.1
 NONLOCAL_EXPONENT_RANGE = (1.8, 2.2)
+BANDWIDTH_FRACTION_MIN = 0.70
+BANDWIDTH_TARGET_MAX_CHANNELS = 512
+FUSED_SPEEDUP_MIN = 2.0
 
 
 def fit_exponent(positions, latencies) -> tuple[float, float]:
@@ -112,4 +117,37 @@ def evaluate_targets(result: BenchResult, case: Case) -> list[TargetCheck]:
         checks.append(TargetCheck("d", f"scaling exponent in N of {label}", fit.exponent, goal,
                                   passes(fit.exponent),
                                   f"measured: fit over {fit.points} sizes, N={fit.min_positions}..{fit.max_positions}"))
+    return checks
+
+
+def evaluate_gpu_targets(result: BenchResult, case: Case) -> list[TargetCheck]:
+    """The GPU targets at ``case``'s layout, batch and N: (e) the fused kernel reaches at least 70 % of
+    the memory-bandwidth floor for every measured C <= 512, (f) it is at least 2x faster than naive eager."""
+    dtype = result.settings.dtype
+    note = "" if dtype == "float16" else f"; the target is stated for float16, this run is {dtype}"
+    swept = sorted({m.channels for m in result.measurements if m.channels <= BANDWIDTH_TARGET_MAX_CHANNELS})
+    checks = []
+    for channels in swept or [case.channels]:
+        at = replace(case, channels=channels)
+        bandwidth = latency_at(result, FLOOR_BANDWIDTH, at)
+        check = _ratio_check("e", f"bandwidth floor / fused {dtype} kernel at C={channels}", bandwidth,
+                             latency_at(result, FUSED_KERNEL, at), f">= {BANDWIDTH_FRACTION_MIN:.0%} of the floor",
+                             lambda v: v >= BANDWIDTH_FRACTION_MIN)
+        gemms = latency_at(result, FLOOR_TORCH, at)
+        if bandwidth[0] is not None and gemms[0] is not None:
+            # Any exact form also does the two GEMMs: their time bounds the reachable fraction.
+            check.basis += (f"; the two GEMMs alone (torch/cuBLAS) take {gemms[0] * 1e3:.1f} us, "
+                            f"so at most {bandwidth[0] / gemms[0]:.0%} is reachable with them")
+        check.basis += note
+        checks.append(check)
+    check = _ratio_check("f", f"naive eager / fused {dtype} kernel (same GPU)", latency_at(result, NAIVE_EAGER, case),
+                         latency_at(result, FUSED_KERNEL, case), f">= {FUSED_SPEEDUP_MIN}x",
+                         lambda v: v >= FUSED_SPEEDUP_MIN)
+    check.basis += note
+    checks.append(check)
+    fit = find_fit(result.fits, FUSED_KERNEL, case)
+    checks.append(TargetCheck("d", "scaling exponent in N of the fused kernel", fit and fit.exponent,
+                              f"<= {POLYNL_EXPONENT_MAX}", fit and fit.exponent <= POLYNL_EXPONENT_MAX,
+                              f"measured: fit over {fit.points} sizes" if fit else
+                              f"{FUSED_KERNEL}: fewer than two measured N in this group"))
     return checks

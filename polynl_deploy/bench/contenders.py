@@ -5,7 +5,10 @@ Every call returns its output, so outputs can be compared with the family's refe
 """
 
 import copy
+import functools
 import math
+import shutil
+import tempfile
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -22,6 +25,7 @@ from polynl_deploy.nn import NonLocal2d, PolyNL2d, PolyNLTokens
 NONLOCAL_MODES = {"nonlocal-dot-product-eager": "dot_product",
                   "nonlocal-embedded-gaussian-eager": "embedded_gaussian"}
 REFERENCES = {"polynl": "polynl-naive-eager", "floor": "floor-torch"}
+BOTH = ("cpu", "cuda")
 
 
 def _random_block_state(module: nn.Module, generator: torch.Generator) -> nn.Module:
@@ -69,7 +73,9 @@ class LayerModules:
         return self.onnx_paths[kind]
 
 
-def build_layer_modules(layout: str, channels: int, reduction: int, seed: int, workdir: Path) -> LayerModules:
+def build_layer_modules(layout: str, channels: int, reduction: int, seed: int, workdir: Path,
+                        device: str = "cpu", dtype: str = "float32") -> LayerModules:
+    """Seeded modules of one group, on ``device`` in ``dtype`` (initialised on the CPU in float32)."""
     generator = torch.Generator().manual_seed(seed)
     block_type = PolyNL2d if layout == contract.LAYOUT_MAPS else PolyNLTokens
     naive = _random_block_state(block_type(channels, reduction, norm=True, impl="naive"), generator)
@@ -78,7 +84,10 @@ def build_layer_modules(layout: str, channels: int, reduction: int, seed: int, w
     nonlocal_blocks = {name: _random_block_state(NonLocal2d(channels, reduction, mode=mode), generator)
                        for name, mode in NONLOCAL_MODES.items()}
     mixing = torch.randn(channels, channels, generator=generator) / math.sqrt(channels)
-    return LayerModules(layout, channels, naive, folded, nonlocal_blocks, mixing, workdir)
+    placement = {"device": device, "dtype": getattr(torch, dtype)}
+    for module in (naive, folded, *nonlocal_blocks.values()):
+        module.to(**placement)
+    return LayerModules(layout, channels, naive, folded, nonlocal_blocks, mixing.to(**placement), workdir)
 
 
 @dataclass
@@ -89,10 +98,13 @@ class Workload:
     modules: LayerModules
     threads: int
     seed: int
+    device: str = "cpu"
+    dtype: str = "float32"
 
     @cached_property
     def x(self) -> torch.Tensor:
-        return torch.randn(*self.case.input_shape, generator=torch.Generator().manual_seed(self.seed))
+        x = torch.randn(*self.case.input_shape, generator=torch.Generator().manual_seed(self.seed))
+        return x.to(self.device, getattr(torch, self.dtype))
 
     @cached_property
     def x_numpy(self) -> np.ndarray:
@@ -145,7 +157,8 @@ def as_arrays(output: Any) -> tuple[np.ndarray, ...]:
     if isinstance(output, np.ndarray):
         return (output,)
     if isinstance(output, torch.Tensor):
-        return (output.detach().numpy(),)
+        output = output.detach()
+        return ((output.float() if output.dtype in (torch.float16, torch.bfloat16) else output).cpu().numpy(),)
     if isinstance(output, dict):
         return tuple(np.asarray(v) for v in output.values())
     return tuple(a for item in output for a in as_arrays(item))
@@ -221,6 +234,42 @@ def _tensorrt_unavailable() -> str | None:
     return None
 
 
+@functools.lru_cache(maxsize=1)
+def _kernel_library():
+    """libpolynl_kernels: an existing build (see polynl_deploy.kernels) or one built now for this GPU."""
+    from polynl_deploy.kernels import KernelLibrary, build_kernel_library, find_kernel_library
+
+    path = find_kernel_library()
+    if path is None:
+        major, minor = torch.cuda.get_device_capability()
+        path = build_kernel_library(Path(tempfile.mkdtemp(prefix="polynl-kernels-")), f"{major}{minor}")
+    return KernelLibrary(path)
+
+
+def _fused_kernel(work: Workload) -> Callable[[], Any]:
+    block = work.modules.naive
+    weights = {name: w.to(work.x.device, work.x.dtype) for name, w in block.folded_weights().items()}
+    return _kernel_library().prepare(work.x, weights, work.case.layout, alpha=float(block.alpha))
+
+
+def _fused_kernel_unavailable() -> str | None:
+    from polynl_deploy.kernels import find_kernel_library
+
+    if not torch.cuda.is_available():
+        return "no CUDA GPU on this machine"
+    if find_kernel_library() is None and not (shutil.which("cmake") and shutil.which("nvcc")):
+        return "libpolynl_kernels not built and no cmake + nvcc to build it (set POLYNL_KERNELS_LIBRARY)"
+    return None
+
+
+def _floor_copy(work: Workload) -> Callable[[], Any]:
+    """A device copy of 1.5 |X|: it reads and writes 3 |X| bytes, the traffic of two reads of X and one
+    write of Y, the least any exact form moves."""
+    source = torch.empty(math.ceil(1.5 * work.x.numel()), dtype=work.x.dtype, device=work.x.device).normal_()
+    target = torch.empty_like(source)
+    return lambda: target.copy_(source)
+
+
 @dataclass(frozen=True)
 class Contender:
     name: str
@@ -230,15 +279,19 @@ class Contender:
     prepare: Callable[[Workload], Callable[[], Any]]
     description: str
     unavailable_reason: Callable[[], str | None] = lambda: None
+    devices: tuple[str, ...] = ("cpu",)
 
 
 CONTENDERS = (
     Contender("polynl-naive-eager", "polynl", "torch", _eager(lambda w: w.modules.naive),
-              "Poly-NL in paper order (projections, Hadamard, pool), eager PyTorch"),
+              "Poly-NL in paper order (projections, Hadamard, pool), eager PyTorch", devices=BOTH),
     Contender("polynl-folded-eager", "polynl", "torch", _eager(lambda w: w.modules.folded),
-              "Poly-NL Gram form (X^T X, then X M), eager PyTorch"),
+              "Poly-NL Gram form (X^T X, then X M), eager PyTorch", devices=BOTH),
     Contender("polynl-naive-compile", "polynl", "torch", _compiled_naive,
-              "torch.compile (inductor, static shapes) of the naive form"),
+              "torch.compile (inductor, static shapes) of the naive form", devices=BOTH),
+    Contender("polynl-cuda-fused-kernel", "polynl", "cuda", _fused_kernel,
+              "the fused CUDA kernel (libpolynl_kernels through its C ABI), torch CUDA tensors in and out",
+              _fused_kernel_unavailable, devices=("cuda",)),
     Contender("polynl-ort-custom-op", "polynl", "onnxruntime", _ort("custom-op"),
               "custom-op export (PolyNL node + function body) on ONNX Runtime CPU"),
     Contender("polynl-ort-standard-ops", "polynl", "onnxruntime", _ort("standard-ops"),
@@ -246,20 +299,31 @@ CONTENDERS = (
     Contender("polynl-tensorrt-plugin", "polynl", "tensorrt", _tensorrt,
               "custom-op export on TensorRT with the PolyNL plugin (fused CUDA kernel); numpy in and out",
               _tensorrt_unavailable),
-    *(Contender(name, "nonlocal", "torch", _nonlocal(name), f"NonLocal2d {mode}, eager PyTorch (quadratic)")
+    *(Contender(name, "nonlocal", "torch", _nonlocal(name), f"NonLocal2d {mode}, eager PyTorch (quadratic)",
+                devices=BOTH)
       for name, mode in NONLOCAL_MODES.items()),
-    Contender("floor-torch", "floor", "torch", _floor_torch, "the two GEMMs X^T X and X M as torch.matmul"),
+    Contender("floor-torch", "floor", "torch", _floor_torch, "the two GEMMs X^T X and X M as torch.matmul",
+              devices=BOTH),
+    Contender("floor-bandwidth", "bandwidth", "cuda", _floor_copy,
+              "a device copy moving 3 |X| bytes: the memory traffic of two reads of X and one write of Y",
+              devices=("cuda",)),
     Contender("floor-ort", "floor", "onnxruntime", _floor_ort,
               "the two GEMMs as a two-MatMul ONNX model on ONNX Runtime CPU"),
 )
 CONTENDER_NAMES = tuple(c.name for c in CONTENDERS)
 
 
-def select(names: tuple[str, ...] | None) -> list[Contender]:
-    """The named contenders in canonical order (references before the others of their family)."""
+def select(names: tuple[str, ...] | None, device: str = "cpu") -> list[Contender]:
+    """The named contenders (None: all that run on ``device``) in canonical order (references before
+    the others of their family)."""
+    on_device = [c for c in CONTENDERS if device in c.devices]
     if names is None:
-        return list(CONTENDERS)
+        return on_device
     unknown = sorted(set(names) - set(CONTENDER_NAMES))
     if unknown:
         raise BenchSettingsError(f"unknown contenders {unknown}; known: {', '.join(CONTENDER_NAMES)}")
-    return [c for c in CONTENDERS if c.name in names]
+    elsewhere = sorted(set(names) - {c.name for c in on_device})
+    if elsewhere:
+        raise BenchSettingsError(f"contenders {elsewhere} do not run on {device}; those that do: "
+                                 f"{', '.join(c.name for c in on_device)}")
+    return [c for c in on_device if c.name in names]

@@ -55,6 +55,8 @@ def run_models(settings: BenchSettings, threads: int, workdir: Path, progress=No
     """Measurements of ``settings.models`` and a note (why skipped, if so)."""
     if not settings.models:
         return [], ""
+    if settings.device != "cpu":
+        return [], "zoo models are timed in CPU runs (eager vs ONNX Runtime CPU), not on cuda"
     registry, reason = registry_or_reason()
     if registry is None:
         return [], reason

@@ -139,6 +139,9 @@ def render(result: BenchResult, console) -> None:
     console.print(f"[bold]machine[/]: {machine['cpu_count']} CPUs, {machine['threads']} threads; "
                   f"load average {machine['load_average_start']} at start, {machine['load_average_end']} at end; "
                   f"torch {machine['torch']}, onnxruntime {machine['onnxruntime']}")
+    if machine.get("gpu"):
+        console.print(f"[bold]GPU[/]: {machine['gpu']} (SM {machine['compute_capability']}, CUDA {machine['cuda']}); "
+                      f"{result.settings.dtype}")
     for name, reason in result.unavailable.items():
         console.print(f"[yellow]not run[/] {name}: {reason}", highlight=False)
     skips: dict[tuple[str, str], list[str]] = {}
@@ -155,7 +158,8 @@ def render(result: BenchResult, console) -> None:
             table.add_column(column, overflow="fold")
         for t in result.targets:
             met = "n/a" if t.met is None else ("[green]met" if t.met else "[red]NOT met")
-            value = "-" if t.value is None else (f"{t.value:.2f}" if t.key == "d" else f"{t.value:.2f}x")
+            formats = {"d": "{:.2f}", "e": "{:.0%}"}
+            value = "-" if t.value is None else formats.get(t.key, "{:.2f}x").format(t.value)
             table.add_row(f"({t.key})", t.description, value, t.goal, met, t.basis)
         console.print(table)
 

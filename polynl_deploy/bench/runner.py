@@ -10,32 +10,36 @@ from pathlib import Path
 import torch
 
 from polynl_deploy.bench import contenders as registry
-from polynl_deploy.bench.analysis import evaluate_targets, fit_all
+from polynl_deploy.bench.analysis import evaluate_gpu_targets, evaluate_targets, fit_all
 from polynl_deploy.bench.contenders import REFERENCES, Contender, Workload, as_arrays, build_layer_modules
 from polynl_deploy.bench.models import run_models
 from polynl_deploy.bench.report import write_outputs
-from polynl_deploy.bench.settings import BenchResult, BenchSettings, Case, Measurement
-from polynl_deploy.bench.timing import call_with_peak_memory, time_calls
+from polynl_deploy.bench.settings import BenchResult, BenchSettings, BenchSettingsError, Case, Measurement
+from polynl_deploy.bench.timing import call_with_cuda_peak_memory, call_with_peak_memory, time_calls, time_cuda_calls
 
 GIB = 1024 ** 3
 
 
-def _machine(threads: int) -> dict:
+def _machine(threads: int, device: str) -> dict:
     import onnxruntime
 
-    return {"platform": platform.platform(), "processor": platform.processor(), "cpu_count": os.cpu_count(),
-            "threads": threads, "torch": torch.__version__, "onnxruntime": onnxruntime.__version__,
-            "load_average_start": _load_average()}
+    machine = {"platform": platform.platform(), "processor": platform.processor(), "cpu_count": os.cpu_count(),
+               "threads": threads, "torch": torch.__version__, "onnxruntime": onnxruntime.__version__,
+               "load_average_start": _load_average(), "device": device}
+    if device == "cuda":
+        machine.update(gpu=torch.cuda.get_device_name(), compute_capability="%d.%d" % torch.cuda.get_device_capability(),
+                       cuda=torch.version.cuda)
+    return machine
 
 
 def _load_average() -> str:
     return " ".join(f"{v:.2f}" for v in os.getloadavg())
 
 
-def _record(contender: Contender, case: Case, status: str, reason: str = "") -> Measurement:
+def _record(contender: Contender, case: Case, status: str, settings: BenchSettings, reason: str = "") -> Measurement:
     return Measurement(contender.name, contender.family, contender.runtime, case.layout, case.batch, case.channels,
                        case.inner_channels, case.positions, status, reason,
-                       floor_gflop=case.floor_flops / 1e9)
+                       floor_gflop=case.floor_flops / 1e9, device=settings.device, dtype=settings.dtype)
 
 
 def nonlocal_skip_reason(case: Case, settings: BenchSettings, previous: Measurement | None) -> str | None:
@@ -69,33 +73,36 @@ class _Sweep:
     def workload(self, case: Case) -> Workload:
         key = (case.layout, case.channels, case.reduction)
         if key not in self.modules:
-            self.modules[key] = build_layer_modules(*key, self.settings.seed, self.workdir)
-        return Workload(case, self.modules[key], self.threads, self.settings.seed)
+            self.modules[key] = build_layer_modules(*key, self.settings.seed, self.workdir,
+                                                    self.settings.device, self.settings.dtype)
+        return Workload(case, self.modules[key], self.threads, self.settings.seed, self.settings.device,
+                        self.settings.dtype)
 
     def measure(self, contender: Contender, work: Workload, references: dict) -> Measurement:
         case, settings = work.case, self.settings
         group = (contender.name, case.layout, case.batch, case.channels)
         if contender.name in self.dropped:
-            return _record(contender, case, "skipped", self.dropped[contender.name])
+            return _record(contender, case, "skipped", settings, self.dropped[contender.name])
         if contender.family == "nonlocal":
             reason = nonlocal_skip_reason(case, settings, self.last_ok.get(group))
             if reason:
-                return _record(contender, case, "skipped", reason)
-        record = _record(contender, case, "ok")
+                return _record(contender, case, "skipped", settings, reason)
+        record = _record(contender, case, "ok", settings)
+        on_gpu = settings.device == "cuda"
         try:
             started = time.perf_counter()
             call = contender.prepare(work)
             record.prepare_s = time.perf_counter() - started
-            output, record.peak_memory_mib = call_with_peak_memory(call)
+            output, record.peak_memory_mib = (call_with_cuda_peak_memory if on_gpu else call_with_peak_memory)(call)
             arrays = as_arrays(output)
             del output
-            timing = time_calls(call, warmup=settings.warmup, repeats=settings.repeats,
-                                budget_s=settings.measurement_budget_s)
+            timing = (time_cuda_calls if on_gpu else time_calls)(
+                call, warmup=settings.warmup, repeats=settings.repeats, budget_s=settings.measurement_budget_s)
         except Exception as exc:  # one failing contender must not end the sweep
             reason = f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:200]}"
             if contender.name == "polynl-naive-compile":
                 self.dropped[contender.name] = f"skipped: torch.compile failed earlier ({reason})"
-            return _record(contender, case, "failed", reason)
+            return _record(contender, case, "failed", settings, reason)
         if contender.name == "polynl-naive-compile" and record.prepare_s > settings.compile_budget_s:
             self.dropped[contender.name] = (f"skipped: compiling took {record.prepare_s:.0f} s "
                                             f"> budget {settings.compile_budget_s:g} s (compile_budget_s)")
@@ -122,10 +129,12 @@ def _progress(enabled: bool):
 def run_bench(settings: BenchSettings) -> BenchResult:
     """Time every selected contender at every case of the grid; fit exponents, evaluate the targets,
     time the zoo models, and write CSV, JSON and plots to ``settings.output_dir``."""
+    if settings.device == "cuda" and not torch.cuda.is_available():
+        raise BenchSettingsError("device 'cuda' needs a CUDA GPU, and torch.cuda.is_available() is False here")
     threads = settings.threads or torch.get_num_threads()
     torch.set_num_threads(threads)
-    selected = registry.select(settings.contenders)
-    result = BenchResult(settings, _machine(threads))
+    selected = registry.select(settings.contenders, settings.device)
+    result = BenchResult(settings, _machine(threads, settings.device))
     result.unavailable = {c.name: reason for c in selected if (reason := c.unavailable_reason())}
     active = [c for c in selected if c.name not in result.unavailable]
     cases = settings.cases()
@@ -146,7 +155,8 @@ def run_bench(settings: BenchSettings) -> BenchResult:
     result.fits = fit_all(result.measurements)
     if settings.target is not None:
         result.target_case = settings.target
-        result.targets = evaluate_targets(result, settings.target)
+        evaluate = evaluate_gpu_targets if settings.device == "cuda" else evaluate_targets
+        result.targets = evaluate(result, settings.target)
     result.machine["load_average_end"] = _load_average()
     write_outputs(result)
     return result

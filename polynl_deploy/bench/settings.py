@@ -7,7 +7,9 @@ from pathlib import Path
 from polynl_deploy import contract
 from polynl_deploy.errors import BenchSettingsError
 
-PRESETS = ("quick", "targets", "full")
+PRESETS = ("quick", "targets", "full", "gpu")
+DEVICES = ("cpu", "cuda")
+DTYPES = ("float32", "float16", "bfloat16")
 
 
 @dataclass(frozen=True, order=True)
@@ -58,7 +60,12 @@ class BenchSettings:
     batches: tuple[int, ...] = (1,)
     reduction: int = 2
     contenders: tuple[str, ...] | None = None
-    """Contender names to run (see ``polynl_deploy.bench.contenders.CONTENDERS``); None runs all."""
+    """Contender names to run (see ``polynl_deploy.bench.contenders.CONTENDERS``); None runs all that
+    support ``device``."""
+    device: str = "cpu"
+    """cpu, or cuda: the eager, compiled and floor contenders run on the GPU, beside the fused kernel."""
+    dtype: str = "float32"
+    """Type of X and the modules on cuda (float32, float16, bfloat16); CPU runs are float32."""
     repeats: int = 10
     warmup: int = 2
     measurement_budget_s: float = 5.0
@@ -85,6 +92,12 @@ class BenchSettings:
         self.output_dir = Path(self.output_dir)
         if self.repeats < 1 or self.warmup < 0:
             raise BenchSettingsError(f"need repeats >= 1 and warmup >= 0, got {self.repeats}, {self.warmup}")
+        if self.device not in DEVICES or self.dtype not in DTYPES:
+            raise BenchSettingsError(f"device must be one of {DEVICES} and dtype one of {DTYPES}, "
+                                     f"got {self.device!r}, {self.dtype!r}")
+        if self.device == "cpu" and self.dtype != "float32":
+            raise BenchSettingsError(f"CPU runs are float32 (ONNX Runtime CPU has no fast {self.dtype}); "
+                                     "use device='cuda' for reduced precision")
 
     def cases(self) -> list[Case]:
         """Every grid point, sorted so that each (layout, batch, channels) group runs in increasing N."""
@@ -96,8 +109,9 @@ class BenchSettings:
 
     @classmethod
     def preset_named(cls, name: str, **overrides) -> "BenchSettings":
-        """``quick`` (a couple of minutes on 2 cores), ``targets`` (C=256, C'=128, up to N=128², batch 1)
-        or ``full`` (N 32² to 256² and tokens, C 64 to 1024, batch 1 and 8, every zoo model)."""
+        """``quick`` (a couple of minutes on 2 cores), ``targets`` (C=256, C'=128, up to N=128², batch 1),
+        ``full`` (N 32² to 256² and tokens, C 64 to 1024, batch 1 and 8, every zoo model) or ``gpu``
+        (float16 on CUDA: N 64² to 256², C 64 to 512, batch 1 and 8, with the fused kernel)."""
         presets = {
             "quick": cls(preset="quick", map_sides=(32, 48, 64), token_lengths=(256, 1024), channels=(64, 256),
                          repeats=7, measurement_budget_s=2.0, nonlocal_time_budget_s=5.0,
@@ -108,6 +122,9 @@ class BenchSettings:
                            measurement_budget_s=8.0, nonlocal_time_budget_s=30.0),
             "full": cls(preset="full", map_sides=(32, 64, 128, 256), token_lengths=(256, 1024, 4096, 16384),
                         channels=(64, 256, 1024), batches=(1, 8), models=tuple(_zoo_names())),
+            "gpu": cls(preset="gpu", device="cuda", dtype="float16", map_sides=(64, 128, 256),
+                       token_lengths=(4096, 16384), channels=(64, 128, 256, 512), batches=(1, 8), repeats=50,
+                       warmup=5, measurement_budget_s=2.0, nonlocal_memory_cap_gib=16.0, nonlocal_time_budget_s=2.0),
         }
         if name not in presets:
             raise BenchSettingsError(f"preset must be one of {PRESETS}, got {name!r}")
@@ -149,6 +166,8 @@ class Measurement:
     """Floor FLOPs / median latency: how close the contender runs to the floor's work rate."""
     max_abs_error: float | None = None
     error_reference: str = ""
+    device: str = "cpu"
+    dtype: str = "float32"
 
     @property
     def case(self) -> Case:

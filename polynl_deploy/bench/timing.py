@@ -6,6 +6,7 @@ with ``5``), the call runs, and VmHWM minus the resident size before the call is
 extra memory: intermediates, outputs, and the workspace ONNX Runtime's arena allocates on a
 session's first run. ``tracemalloc`` would see none of that (torch and ONNX Runtime allocate
 outside Python's allocator). Where the high-water mark cannot be reset, memory is not reported.
+On CUDA, calls are timed with CUDA events and memory is torch's allocator peak.
 """
 
 import ctypes
@@ -92,3 +93,36 @@ def call_with_peak_memory(call: Callable[[], Any]) -> tuple[Any, float | None]:
     result = call()
     peak = _status_kib("VmHWM")
     return result, max(peak - before, 0) / 1024
+
+
+def time_cuda_calls(call: Callable[[], Any], *, warmup: int, repeats: int, budget_s: float) -> Timing:
+    """As ``time_calls``, timed on the GPU with CUDA events around each call on the current stream."""
+    import torch
+
+    for _ in range(warmup):
+        call()
+    torch.cuda.synchronize()
+    begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    samples: list[float] = []
+    started = time.perf_counter()
+    while len(samples) < repeats:
+        begin.record()
+        call()
+        end.record()
+        end.synchronize()
+        samples.append(begin.elapsed_time(end) / 1e3)
+        if len(samples) >= MIN_REPEATS and time.perf_counter() - started > budget_s:
+            break
+    return summarize(samples)
+
+
+def call_with_cuda_peak_memory(call: Callable[[], Any]) -> tuple[Any, float]:
+    """Run ``call`` once; its result and the peak CUDA memory (MiB) torch's allocator handed out during it."""
+    import torch
+
+    torch.cuda.synchronize()
+    before = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    result = call()
+    torch.cuda.synchronize()
+    return result, max(torch.cuda.max_memory_allocated() - before, 0) / 2 ** 20

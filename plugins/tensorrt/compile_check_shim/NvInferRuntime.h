@@ -1,8 +1,8 @@
 // COMPILE-CHECK SHIM — NOT TensorRT. Used only by tests/test_plugins_compile.py to syntax-check
 // tensorrt/polynl_plugin.cpp on machines without TensorRT headers. It declares the subset of
-// nvinfer1 that the plugin uses, mirroring the signatures of TensorRT 10.x NvInferRuntime.h /
-// NvInferPluginBase.h (looked up in NVIDIA/TensorRT). Never build or ship the plugin against it:
-// CMake only searches TensorRT_ROOT and system include directories, never this folder.
+// nvinfer1 that the plugin uses, mirroring the declarations of TensorRT 10.x NvInferRuntime.h /
+// NvInferPluginBase.h (last compared with the 10.7 headers). Never build or ship the plugin against
+// it: CMake only searches TensorRT_ROOT and system include directories, never this folder.
 #pragma once
 
 #include <cstddef>
@@ -78,11 +78,28 @@ public:
     int32_t minor;
 };
 
+enum class APILanguage : int32_t
+{
+    kCPP = 0,
+    kPYTHON = 1
+};
+
 class IVersionedInterface
 {
 public:
+    virtual APILanguage getAPILanguage() const noexcept
+    {
+        return APILanguage::kCPP;
+    }
     virtual InterfaceInfo getInterfaceInfo() const noexcept = 0;
     virtual ~IVersionedInterface() noexcept = default;
+
+protected:
+    IVersionedInterface() = default;
+    IVersionedInterface(IVersionedInterface const&) = default;
+    IVersionedInterface(IVersionedInterface&&) = default;
+    IVersionedInterface& operator=(IVersionedInterface const&) & = default;
+    IVersionedInterface& operator=(IVersionedInterface&&) & = default;
 };
 
 enum class PluginFieldType : int32_t
@@ -139,12 +156,21 @@ enum class PluginCapabilityType : int32_t
     kRUNTIME = 2
 };
 
+// As in TensorRT, the plugin interfaces live in v_1_0 and are used through the aliases below.
+namespace v_1_0
+{
+
 class IPluginCapability : public IVersionedInterface
 {
 };
 
 class IPluginCreatorInterface : public IVersionedInterface
 {
+public:
+    ~IPluginCreatorInterface() noexcept override = default;
+
+protected:
+    IPluginCreatorInterface() = default;
 };
 
 class IPluginV3 : public IVersionedInterface
@@ -248,6 +274,16 @@ public:
     virtual AsciiChar const* getPluginNamespace() const noexcept = 0;
 };
 
+} // namespace v_1_0
+
+using IPluginCapability = v_1_0::IPluginCapability;
+using IPluginCreatorInterface = v_1_0::IPluginCreatorInterface;
+using IPluginV3 = v_1_0::IPluginV3;
+using IPluginV3OneCore = v_1_0::IPluginV3OneCore;
+using IPluginV3OneBuild = v_1_0::IPluginV3OneBuild;
+using IPluginV3OneRuntime = v_1_0::IPluginV3OneRuntime;
+using IPluginCreatorV3One = v_1_0::IPluginCreatorV3One;
+
 class ILogger
 {
 public:
@@ -260,7 +296,14 @@ public:
         kVERBOSE = 4,
     };
     virtual void log(Severity severity, AsciiChar const* msg) noexcept = 0;
+    ILogger() = default;
     virtual ~ILogger() = default;
+
+protected:
+    ILogger(ILogger const&) = default;
+    ILogger(ILogger&&) = default;
+    ILogger& operator=(ILogger const&) & = default;
+    ILogger& operator=(ILogger&&) & = default;
 };
 
 class ILoggerFinder

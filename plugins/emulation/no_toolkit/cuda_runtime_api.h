@@ -1,0 +1,38 @@
+// Stand-in for the CUDA toolkit's cuda_runtime_api.h, for the CPU emulation (../cuda_emulation.h) on
+// machines without the toolkit: the vector types and the runtime calls the kernels' host code uses,
+// with CUDA's names and error codes. The emulation defines the calls (../cuda_emulation.cpp).
+#pragma once
+
+#include <cstddef>
+
+struct uint3
+{
+    unsigned int x, y, z;
+};
+
+struct dim3
+{
+    unsigned int x, y, z;
+    constexpr dim3(unsigned int vx = 1, unsigned int vy = 1, unsigned int vz = 1)
+        : x(vx)
+        , y(vy)
+        , z(vz)
+    {
+    }
+};
+
+typedef struct CUstream_st* cudaStream_t;
+
+enum cudaError_t
+{
+    cudaSuccess = 0,
+    cudaErrorInvalidConfiguration = 9,
+    cudaErrorLaunchFailure = 719,
+};
+
+extern "C"
+{
+    cudaError_t cudaMemsetAsync(void* devPtr, int value, size_t count, cudaStream_t stream);
+    cudaError_t cudaGetLastError(void);
+    char const* cudaGetErrorString(cudaError_t error);
+}

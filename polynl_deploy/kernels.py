@@ -1,0 +1,159 @@
+"""libpolynl_kernels from Python: the fused forward of one PolyNL block (C ABI of
+``plugins/include/polynl_kernels.h``) called through ctypes with torch tensors, and its CMake build.
+
+Pointers are passed as they are: CUDA tensors for the CUDA library, host tensors for the
+CPU-emulated build of the same kernel source (tests). Nothing here imports torch at module load.
+"""
+
+import ctypes
+import os
+import subprocess
+from pathlib import Path
+from typing import Callable, Mapping
+
+from polynl_deploy import contract
+from polynl_deploy.errors import KernelError
+
+KERNELS_LIBRARY_ENV = "POLYNL_KERNELS_LIBRARY"
+KERNELS_LIBRARY_NAME = "libpolynl_kernels.so"
+PLUGINS_DIR = Path(__file__).resolve().parent.parent / "plugins"
+
+PATHS = {"auto": 0, "folded": 1, "unfolded": 2}
+LAYOUTS = {contract.LAYOUT_MAPS: 0, contract.LAYOUT_TOKENS: 1}
+DTYPES = {"float32": 0, "float16": 1, "bfloat16": 2}
+STATUSES = {"success": 0, "invalid_argument": 1, "unsupported": 2, "workspace_too_small": 3, "cuda_error": 4}
+WORKSPACE_ALIGNMENT = 256
+
+
+class KernelDesc(ctypes.Structure):
+    """PolyNLDesc of polynl_kernels.h."""
+
+    _fields_ = [("batch", ctypes.c_int64), ("channels", ctypes.c_int64), ("inner", ctypes.c_int64),
+                ("positions", ctypes.c_int64), ("layout", ctypes.c_int32), ("x_dtype", ctypes.c_int32),
+                ("weight_dtype", ctypes.c_int32), ("path", ctypes.c_int32), ("alpha", ctypes.c_float)]
+
+
+def find_kernel_library() -> Path | None:
+    """$POLYNL_KERNELS_LIBRARY, else a build under plugins/build or build/."""
+    candidates = [os.environ.get(KERNELS_LIBRARY_ENV, ""), str(PLUGINS_DIR / "build" / KERNELS_LIBRARY_NAME),
+                  str(PLUGINS_DIR.parent / "build" / KERNELS_LIBRARY_NAME)]
+    return next((Path(c) for c in candidates if c and Path(c).is_file()), None)
+
+
+def build_kernel_library(build_dir: Path, cuda_architectures: str, target: str = "polynl_kernels",
+                         cmake_options: tuple[str, ...] = ()) -> Path:
+    """Configure plugins/ with CMake in ``build_dir`` and build ``target``; the path of its shared library."""
+    configure = ["cmake", "-S", str(PLUGINS_DIR), "-B", str(build_dir), "-DCMAKE_BUILD_TYPE=Release",
+                 f"-DCMAKE_CUDA_ARCHITECTURES={cuda_architectures}", "-DPOLYNL_BUILD_TESTS=OFF", *cmake_options]
+    build = ["cmake", "--build", str(build_dir), "--target", target, "-j", str(os.cpu_count() or 2)]
+    for command in (configure, build):
+        done = subprocess.run(command, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise KernelError(f"`{' '.join(command)}` failed:\n{(done.stdout + done.stderr)[-4000:]}")
+    library = Path(build_dir) / f"lib{target}.so"
+    if not library.is_file():
+        raise KernelError(f"the build of {target} produced no {library}")
+    return library
+
+
+def load_abi(path: Path) -> ctypes.CDLL:
+    """The library at ``path`` with the argument and result types of its C functions declared."""
+    try:
+        lib = ctypes.CDLL(str(path))
+    except OSError as exc:
+        raise KernelError(f"cannot load the kernel library {path}: {exc}") from exc
+    desc_p = ctypes.POINTER(KernelDesc)
+    lib.polynl_workspace_size.argtypes = [desc_p, ctypes.POINTER(ctypes.c_size_t)]
+    lib.polynl_resolve_path.argtypes = [desc_p, ctypes.POINTER(ctypes.c_int32)]
+    lib.polynl_forward.argtypes = [desc_p, ctypes.c_void_p, ctypes.POINTER(ctypes.c_void_p), ctypes.c_void_p,
+                                   ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
+    lib.polynl_status_string.argtypes = [ctypes.c_int]
+    lib.polynl_status_string.restype = ctypes.c_char_p
+    lib.polynl_last_error.restype = ctypes.c_char_p
+    return lib
+
+
+class KernelLibrary:
+    """The loaded C ABI. ``prepare`` binds one input and weights to a reusable forward call;
+    ``abi`` is the raw library for callers that need the status codes themselves."""
+
+    def __init__(self, path: Path) -> None:
+        self.path, self.abi = Path(path), load_abi(path)
+        self._lib = self.abi
+
+    def _check(self, status: int, what: str) -> None:
+        if status != 0:
+            raise KernelError(f"{what}: {self._lib.polynl_status_string(status).decode()} "
+                              f"({self._lib.polynl_last_error().decode()})", status)
+
+    def workspace_size(self, desc: KernelDesc) -> int:
+        size = ctypes.c_size_t()
+        self._check(self._lib.polynl_workspace_size(ctypes.byref(desc), ctypes.byref(size)), "polynl_workspace_size")
+        return size.value
+
+    def resolve_path(self, desc: KernelDesc) -> str:
+        path = ctypes.c_int32()
+        self._check(self._lib.polynl_resolve_path(ctypes.byref(desc), ctypes.byref(path)), "polynl_resolve_path")
+        return next(name for name, code in PATHS.items() if code == path.value)
+
+    def prepare(self, x, weights: Mapping[str, object], layout: str, alpha: float = 1.0,
+                path: str = "auto") -> Callable[[], object]:
+        """A call that writes Y = PolyNL(X) into one preallocated tensor and returns it (asynchronous on
+        torch's current CUDA stream for CUDA tensors). ``weights``: the contract inputs Wq..bo."""
+        import torch
+
+        desc = describe(x, weights, layout, alpha, path)
+        weight_list = [weights[name].contiguous() for name in contract.INPUT_NAMES[1:]]
+        x = x.contiguous()
+        y = torch.empty_like(x)
+        # Slack so that the pointer can be aligned as the ABI requires.
+        workspace = torch.empty(self.workspace_size(desc) + WORKSPACE_ALIGNMENT, dtype=torch.uint8, device=x.device)
+        offset = -workspace.data_ptr() % WORKSPACE_ALIGNMENT
+        pointers = (ctypes.c_void_p * len(weight_list))(*[w.data_ptr() for w in weight_list])
+        forward, desc_ref = self._lib.polynl_forward, ctypes.byref(desc)
+        args = (x.data_ptr(), pointers, y.data_ptr(), workspace.data_ptr() + offset, workspace.numel() - offset)
+
+        def call():
+            stream = torch.cuda.current_stream(x.device).cuda_stream if x.is_cuda else None
+            self._check(forward(desc_ref, *args, stream), "polynl_forward")
+            return y
+
+        call.keepalive = (desc, weight_list, x, workspace, pointers)  # the pointers above point into these
+        return call
+
+    def forward(self, x, weights: Mapping[str, object], layout: str, alpha: float = 1.0, path: str = "auto"):
+        """Y for one input; synchronous."""
+        y = self.prepare(x, weights, layout, alpha, path)()
+        if y.is_cuda:
+            import torch
+            torch.cuda.synchronize(y.device)
+        return y
+
+
+def describe(x, weights: Mapping[str, object], layout: str, alpha: float, path: str) -> KernelDesc:
+    """The descriptor for X of shape (B, C, H, W) (maps) or (B, N, C) (tokens) and the contract weights."""
+    if layout not in LAYOUTS:
+        raise KernelError(f"layout must be one of {sorted(LAYOUTS)}, got {layout!r}")
+    if path not in PATHS:
+        raise KernelError(f"path must be one of {sorted(PATHS)}, got {path!r}")
+    missing = [name for name in contract.INPUT_NAMES[1:] if name not in weights]
+    if missing:
+        raise KernelError(f"weights lack {missing}")
+    dtypes = {name: str(w.dtype).removeprefix("torch.") for name, w in weights.items()}
+    x_dtype = str(x.dtype).removeprefix("torch.")
+    for name, dtype in [("X", x_dtype), *dtypes.items()]:
+        if dtype not in DTYPES:
+            raise KernelError(f"{name} has dtype {dtype}; the kernels take {sorted(DTYPES)}")
+    if len(set(dtypes.values())) != 1:
+        raise KernelError(f"all weights must share one dtype, got {dtypes}")
+    if layout == contract.LAYOUT_MAPS:
+        if x.dim() != 4:
+            raise KernelError(f"maps layout needs X of shape (B, C, H, W), got {tuple(x.shape)}")
+        batch, channels, positions = x.shape[0], x.shape[1], x.shape[2] * x.shape[3]
+    else:
+        if x.dim() != 3:
+            raise KernelError(f"tokens layout needs X of shape (B, N, C), got {tuple(x.shape)}")
+        batch, positions, channels = x.shape
+    inner = weights["Wq"].shape[-1]
+    return KernelDesc(batch, channels, inner, positions, LAYOUTS[layout], DTYPES[x_dtype],
+                      DTYPES[dtypes["Wq"]], PATHS[path], float(alpha))

@@ -1,0 +1,46 @@
+"""polynl_deploy.kernels without a built library: descriptors from tensors, and the errors it names."""
+
+import pytest
+import torch
+
+from polynl_deploy import contract
+from polynl_deploy.errors import KernelError
+from polynl_deploy.kernels import DTYPES, LAYOUTS, PATHS, KernelLibrary, describe
+
+
+def weights(channels=12, inner=5, dtype=torch.float32):
+    shapes = [(channels, inner), (inner,)] * 3 + [(inner, channels), (channels,)]
+    return {name: torch.zeros(shape, dtype=dtype) for name, shape in zip(contract.INPUT_NAMES[1:], shapes)}
+
+
+def test_descriptor_of_maps_and_tokens():
+    desc = describe(torch.zeros(3, 12, 4, 5, dtype=torch.float16), weights(dtype=torch.float32), "maps", 0.5,
+                    "folded")
+    assert (desc.batch, desc.channels, desc.inner, desc.positions) == (3, 12, 5, 20)
+    assert (desc.layout, desc.x_dtype, desc.weight_dtype, desc.path) == (
+        LAYOUTS["maps"], DTYPES["float16"], DTYPES["float32"], PATHS["folded"])
+    assert desc.alpha == 0.5
+    tokens = describe(torch.zeros(2, 7, 12, dtype=torch.bfloat16), weights(dtype=torch.bfloat16), "tokens", 1.0,
+                      "auto")
+    assert (tokens.batch, tokens.positions, tokens.channels, tokens.layout) == (2, 7, 12, LAYOUTS["tokens"])
+
+
+@pytest.mark.parametrize("x, w, layout, path, message", [
+    (torch.zeros(1, 12, 4, 4), weights(), "rows", "auto", "layout must be one of"),
+    (torch.zeros(1, 12, 4, 4), weights(), "maps", "fastest", "path must be one of"),
+    (torch.zeros(1, 12, 16), weights(), "maps", "auto", "maps layout needs X of shape (B, C, H, W)"),
+    (torch.zeros(1, 12, 4, 4), weights(), "tokens", "auto", "tokens layout needs X of shape (B, N, C)"),
+    (torch.zeros(1, 12, 4, 4, dtype=torch.float64), weights(), "maps", "auto", "X has dtype float64"),
+    (torch.zeros(1, 12, 4, 4), {**weights(), "bo": torch.zeros(12, dtype=torch.float16)}, "maps", "auto",
+     "all weights must share one dtype"),
+    (torch.zeros(1, 12, 4, 4), {k: v for k, v in weights().items() if k != "Wv"}, "maps", "auto", "lack ['Wv']"),
+])
+def test_descriptor_errors_name_the_problem(x, w, layout, path, message):
+    with pytest.raises(KernelError) as caught:
+        describe(x, w, layout, 1.0, path)
+    assert message in str(caught.value)
+
+
+def test_missing_library_is_a_kernel_error(tmp_path):
+    with pytest.raises(KernelError, match="cannot load the kernel library"):
+        KernelLibrary(tmp_path / "libpolynl_kernels.so")
