@@ -94,19 +94,38 @@ MatrixView<T> denseView(T* data, int64_t cols, int64_t batchStride)
 }
 
 // ---------------------------------------------------------------------------------------------
-// Weight staging: convert one (rows x cols) weight into a float32 matrix with leading dim ld.
+// Weight staging: convert the eight weights into float32 matrices, in one launch (blockIdx.y
+// picks the weight; launches, not bytes, dominate at these sizes).
 // ---------------------------------------------------------------------------------------------
 
+//! Copy a (rows x cols) weight into a float32 matrix with leading dimension ld.
 template <typename W>
-__global__ void stageWeightKernel(W const* src, int64_t rows, int64_t cols, float* dst, int64_t ld)
+struct WeightCopy
 {
-    int64_t const count = rows * cols;
+    W const* src;
+    int64_t rows;
+    int64_t cols;
+    float* dst;
+    int64_t ld;
+};
+
+template <typename W>
+struct WeightStaging
+{
+    WeightCopy<W> copies[core::kNumWeights];
+};
+
+template <typename W>
+__global__ void stageWeightsKernel(WeightStaging<W> staging)
+{
+    WeightCopy<W> const copy = staging.copies[blockIdx.y];
+    int64_t const count = copy.rows * copy.cols;
     for (int64_t e = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; e < count;
          e += static_cast<int64_t>(gridDim.x) * blockDim.x)
     {
-        int64_t const row = e / cols;
-        int64_t const col = e - row * cols;
-        dst[row * ld + col] = toFloat(src[e]);
+        int64_t const row = e / copy.cols;
+        int64_t const col = e - row * copy.cols;
+        copy.dst[row * copy.ld + col] = toFloat(copy.src[e]);
     }
 }
 
@@ -581,26 +600,18 @@ Buffers buffersIn(void* workspace, core::WorkspaceLayout const& layout)
 }
 
 template <typename W>
-void stageWeight(void const* src, int64_t rows, int64_t cols, float* dst, int64_t ld, cudaStream_t stream)
-{
-    constexpr int kThreads = 256;
-    int32_t const blocks = std::min<int32_t>(ceilDiv(rows * cols, kThreads), 4096);
-    launchKernel(stageWeightKernel<W>, blocks, kThreads, stream, static_cast<W const*>(src), rows, cols, dst, ld);
-}
-
-template <typename W>
 void stageWeights(core::Problem const& p, void const* const* weights, Buffers const& buf, cudaStream_t stream)
 {
     int64_t const c = p.channels;
     int64_t const r = p.inner;
-    stageWeight<W>(weights[0], c, r, buf.wq, r, stream);
-    stageWeight<W>(weights[1], 1, r, buf.bq, r, stream);
-    stageWeight<W>(weights[2], c, r, buf.wkv, 2 * r, stream);
-    stageWeight<W>(weights[3], 1, r, buf.bkv, r, stream);
-    stageWeight<W>(weights[4], c, r, buf.wkv + r, 2 * r, stream);
-    stageWeight<W>(weights[5], 1, r, buf.bkv + r, r, stream);
-    stageWeight<W>(weights[6], r, c, buf.wo, c, stream);
-    stageWeight<W>(weights[7], 1, c, buf.bo, c, stream);
+    auto src = [weights](int i) { return static_cast<W const*>(weights[i]); };
+    // Contract order: Wq, bq, Wk, bk, Wv, bv, Wo, bo; K and V share one (C x 2C') matrix.
+    WeightStaging<W> const staging{{{src(0), c, r, buf.wq, r}, {src(1), 1, r, buf.bq, r},
+        {src(2), c, r, buf.wkv, 2 * r}, {src(3), 1, r, buf.bkv, r}, {src(4), c, r, buf.wkv + r, 2 * r},
+        {src(5), 1, r, buf.bkv + r, r}, {src(6), r, c, buf.wo, c}, {src(7), 1, c, buf.bo, c}}};
+    constexpr int kThreads = 256;
+    int32_t const blocks = std::min<int32_t>(ceilDiv(c * r, kThreads), 1024);
+    launchKernel(stageWeightsKernel<W>, dim3(blocks, core::kNumWeights), kThreads, stream, staging);
 }
 
 template <typename T>
