@@ -65,7 +65,7 @@ def build(directory, header_sets, sanitize):
         units[out / "emulation.o"] = ["-std=c++20", f"-I{headers}", str(EMULATION / "cuda_emulation.cpp")]
         links[out / LIBRARY] = ["-shared", out / "kernels.o", out / "emulation.o", directory / "core.o"]
         if name == first:
-            units[out / "test_emulation.o"] = ["-std=c++20", f"-I{headers}",
+            units[out / "test_emulation.o"] = ["-std=c++20", f"-I{headers}", f"-I{PLUGINS / 'testing'}",
                                                str(EMULATION / "tests" / "test_emulation.cpp")]
             links[out / "test_emulation"] = [out / "test_emulation.o", out / "emulation.o"]
     compiles = [subprocess.Popen([CXX, *flags, *arguments, "-c", "-o", str(obj)], stderr=subprocess.PIPE, text=True)

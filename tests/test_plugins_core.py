@@ -16,7 +16,8 @@ ROOT = Path(__file__).resolve().parents[1]
 CORE = ROOT / "plugins" / "core"
 INCLUDE = ROOT / "plugins" / "include"
 CXX = shutil.which("g++") or shutil.which("c++")
-CXXFLAGS = ["-std=c++17", "-O2", "-Wall", "-Wextra", "-Werror", f"-I{CORE}", f"-I{INCLUDE}"]
+CXXFLAGS = ["-std=c++17", "-O2", "-Wall", "-Wextra", "-Werror", f"-I{CORE}", f"-I{INCLUDE}",
+            f"-I{CORE.parent / 'testing'}"]
 
 pytestmark = pytest.mark.skipif(CXX is None, reason="no C++ compiler (g++/c++) on PATH")
 

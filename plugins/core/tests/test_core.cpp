@@ -1,5 +1,6 @@
 // Unit tests of the functional core (shape rules, types, path choice, workspace, CPU reference).
 // Plain C++17, no framework: exits non-zero on the first failed check.
+#include "check.h"
 #include "polynl_core.h"
 
 #include <cmath>
@@ -12,17 +13,7 @@ using namespace polynl::core;
 namespace
 {
 
-int failures = 0;
-
-#define CHECK(condition)                                                                                               \
-    do                                                                                                                 \
-    {                                                                                                                  \
-        if (!(condition))                                                                                              \
-        {                                                                                                              \
-            std::fprintf(stderr, "%s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #condition);                         \
-            ++failures;                                                                                                \
-        }                                                                                                              \
-    } while (0)
+using polynl::testing::failures;
 
 bool contains(std::string const& text, char const* part)
 {

@@ -1,5 +1,6 @@
 // Tests of the CUDA emulation itself: indices, shared memory, barriers, shuffles, atomics, and the
 // misuse it reports. No framework: exits non-zero on the first failed check.
+#include "check.h"
 #include "cuda_emulation.h"
 
 #include <cstdio>
@@ -8,17 +9,7 @@
 namespace
 {
 
-int failures = 0;
-
-#define CHECK(condition)                                                                                               \
-    do                                                                                                                 \
-    {                                                                                                                  \
-        if (!(condition))                                                                                              \
-        {                                                                                                              \
-            std::fprintf(stderr, "%s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #condition);                         \
-            ++failures;                                                                                                \
-        }                                                                                                              \
-    } while (0)
+using polynl::testing::failures;
 
 template <typename Kernel, typename... Args>
 cudaError_t run(dim3 grid, dim3 block, Kernel kernel, Args... args)

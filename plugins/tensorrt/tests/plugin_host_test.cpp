@@ -4,6 +4,7 @@
 // against the op contract and the functional core. enqueue needs a GPU and is not called.
 //
 //   test_polynl_trt_plugin <path/to/libpolynl_trt_plugin.so>
+#include "check.h"
 #include <NvInferRuntime.h>
 
 #include "polynl_contract.h"
@@ -27,19 +28,8 @@ namespace core = polynl::core;
 namespace
 {
 
-int checks = 0;
-int failures = 0;
-
-#define CHECK(condition)                                                                                               \
-    do                                                                                                                 \
-    {                                                                                                                  \
-        ++checks;                                                                                                      \
-        if (!(condition))                                                                                              \
-        {                                                                                                              \
-            std::fprintf(stderr, "%s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #condition);                         \
-            ++failures;                                                                                                \
-        }                                                                                                              \
-    } while (0)
+using polynl::testing::checks;
+using polynl::testing::failures;
 
 bool same(char const* a, char const* b)
 {
