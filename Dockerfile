@@ -63,7 +63,8 @@ ARG POLYNL_VERSION
 ARG ORT_GPU_VERSION
 ENV PIP_BREAK_SYSTEM_PACKAGES=1 \
     PYTHONUNBUFFERED=1 \
-    POLYNL_PLUGIN_LIBRARY=/opt/polynl/lib/libpolynl_trt_plugin.so
+    POLYNL_PLUGIN_LIBRARY=/opt/polynl/lib/libpolynl_trt_plugin.so \
+    POLYNL_KERNELS_LIBRARY=/opt/polynl/lib/libpolynl_kernels.so
 COPY --from=plugins /opt/polynl/lib/ /opt/polynl/lib/
 COPY --from=wheel /wheels/ /wheels/
 # onnxruntime (a base dependency) and onnxruntime-gpu share one import name: keep only the GPU build.
