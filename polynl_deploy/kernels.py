@@ -79,47 +79,28 @@ class KernelLibrary:
 
     def __init__(self, path: Path) -> None:
         self.path, self.abi = Path(path), load_abi(path)
-        self._lib = self.abi
 
-    def _check(self, status: int, what: str) -> None:
+    def check(self, status: int, what: str) -> None:
+        """Raise KernelError for a non-zero PolyNLStatus, with the library's message."""
         if status != 0:
-            raise KernelError(f"{what}: {self._lib.polynl_status_string(status).decode()} "
-                              f"({self._lib.polynl_last_error().decode()})", status)
+            raise KernelError(f"{what}: {self.abi.polynl_status_string(status).decode()} "
+                              f"({self.abi.polynl_last_error().decode()})", status)
 
     def workspace_size(self, desc: KernelDesc) -> int:
         size = ctypes.c_size_t()
-        self._check(self._lib.polynl_workspace_size(ctypes.byref(desc), ctypes.byref(size)), "polynl_workspace_size")
+        self.check(self.abi.polynl_workspace_size(ctypes.byref(desc), ctypes.byref(size)), "polynl_workspace_size")
         return size.value
 
     def resolve_path(self, desc: KernelDesc) -> str:
         path = ctypes.c_int32()
-        self._check(self._lib.polynl_resolve_path(ctypes.byref(desc), ctypes.byref(path)), "polynl_resolve_path")
+        self.check(self.abi.polynl_resolve_path(ctypes.byref(desc), ctypes.byref(path)), "polynl_resolve_path")
         return next(name for name, code in PATHS.items() if code == path.value)
 
     def prepare(self, x, weights: Mapping[str, object], layout: str, alpha: float = 1.0,
-                path: str = "auto") -> Callable[[], object]:
-        """A call that writes Y = PolyNL(X) into one preallocated tensor and returns it (asynchronous on
-        torch's current CUDA stream for CUDA tensors). ``weights``: the contract inputs Wq..bo."""
-        import torch
-
-        desc = describe(x, weights, layout, alpha, path)
-        weight_list = [weights[name].contiguous() for name in contract.INPUT_NAMES[1:]]
-        x = x.contiguous()
-        y = torch.empty_like(x)
-        # Slack so that the pointer can be aligned as the ABI requires.
-        workspace = torch.empty(self.workspace_size(desc) + WORKSPACE_ALIGNMENT, dtype=torch.uint8, device=x.device)
-        offset = -workspace.data_ptr() % WORKSPACE_ALIGNMENT
-        pointers = (ctypes.c_void_p * len(weight_list))(*[w.data_ptr() for w in weight_list])
-        forward, desc_ref = self._lib.polynl_forward, ctypes.byref(desc)
-        args = (x.data_ptr(), pointers, y.data_ptr(), workspace.data_ptr() + offset, workspace.numel() - offset)
-
-        def call():
-            stream = torch.cuda.current_stream(x.device).cuda_stream if x.is_cuda else None
-            self._check(forward(desc_ref, *args, stream), "polynl_forward")
-            return y
-
-        call.keepalive = (desc, weight_list, x, workspace, pointers)  # the pointers above point into these
-        return call
+                path: str = "auto") -> "PreparedForward":
+        """A reusable call that writes Y = PolyNL(X) into one preallocated tensor and returns it.
+        ``weights``: the contract inputs Wq..bo, all of one dtype (X's or float32)."""
+        return PreparedForward(self, x, weights, describe(x, weights, layout, alpha, path))
 
     def forward(self, x, weights: Mapping[str, object], layout: str, alpha: float = 1.0, path: str = "auto"):
         """Y for one input; synchronous."""
@@ -128,6 +109,33 @@ class KernelLibrary:
             import torch
             torch.cuda.synchronize(y.device)
         return y
+
+
+class PreparedForward:
+    """One input, its weights, output and aligned workspace, bound to the library; calling it enqueues the
+    forward (on torch's current CUDA stream for CUDA tensors) and returns Y. Holds every buffer it points to."""
+
+    def __init__(self, library: KernelLibrary, x, weights: Mapping[str, object], desc: KernelDesc) -> None:
+        import torch
+
+        self.library, self.desc = library, desc
+        self.x = x.contiguous()
+        self.weights = [weights[name].contiguous() for name in contract.INPUT_NAMES[1:]]
+        self.y = torch.empty_like(self.x)
+        # Slack so that the pointer can be aligned as the ABI requires.
+        self.workspace = torch.empty(library.workspace_size(desc) + WORKSPACE_ALIGNMENT, dtype=torch.uint8,
+                                     device=self.x.device)
+        offset = -self.workspace.data_ptr() % WORKSPACE_ALIGNMENT
+        self.pointers = (ctypes.c_void_p * len(self.weights))(*[w.data_ptr() for w in self.weights])
+        self.args = (ctypes.byref(desc), self.x.data_ptr(), self.pointers, self.y.data_ptr(),
+                     self.workspace.data_ptr() + offset, self.workspace.numel() - offset)
+
+    def __call__(self):
+        import torch
+
+        stream = torch.cuda.current_stream(self.x.device).cuda_stream if self.x.is_cuda else None
+        self.library.check(self.library.abi.polynl_forward(*self.args, stream), "polynl_forward")
+        return self.y
 
 
 def describe(x, weights: Mapping[str, object], layout: str, alpha: float, path: str) -> KernelDesc:
