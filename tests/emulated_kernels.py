@@ -83,11 +83,13 @@ class ChildCrashed(RuntimeError):
 
 
 class EmulatedKernels:
-    """Calls into the emulated library in a child process, which is restarted after a crash."""
+    """Calls into the emulated library in a child process, which is restarted after a crash; `env` adds
+    environment variables for the child (e.g. CUDA_EMULATION_SM, CUDA_EMULATION_TRACE)."""
 
-    def __init__(self, library, preload, log_path):
+    def __init__(self, library, preload, log_path, env=None):
         self.library, self.log_path = library, Path(log_path)
         self.env = {**os.environ, **SANITIZER_OPTIONS, "LD_PRELOAD": preload} if preload else dict(os.environ)
+        self.env.update(env or {})
         self.process = None
         self.log_offset = 0
 

@@ -4,6 +4,7 @@ float64 reference: both paths and the automatic choice, both layouts, every dtyp
 across the kernels' tile and slice boundaries, exact rounding of the output, and the C ABI's error
 statuses. The same source must pass tests/test_plugins_gpu.py on a GPU."""
 
+import re
 import subprocess
 
 import numpy as np
@@ -51,6 +52,20 @@ def emulated(tmp_path_factory):
 @pytest.fixture(scope="module")
 def kernels(emulated):
     return next(iter(emulated.values()))
+
+
+@pytest.fixture(scope="module")
+def by_compute_capability(emulated, tmp_path_factory):
+    """Compute capability -> client of the same library on an emulated device of that capability, with
+    one trace line per launch that counts its mma_sync calls."""
+    default = next(iter(emulated.values()))
+    directory = tmp_path_factory.mktemp("emulated_sm")
+    clients = {sm: EmulatedKernels(default.library, ASAN, directory / f"sm{sm}.log",
+                                   env={"CUDA_EMULATION_SM": str(sm), "CUDA_EMULATION_TRACE": "1"})
+               for sm in (75, 90)}
+    yield clients
+    for client in clients.values():
+        client.close()
 
 
 def host(tensor):
@@ -116,6 +131,50 @@ def test_every_path_layout_and_dtype(kernels, layout, path, x_dtype, weight_dtyp
 @PATHS
 def test_sizes_across_tiles_and_slices(kernels, case, layout, path):
     check_against_reference(kernels, case, layout, path, torch.float32, torch.float32)
+
+
+# Folded-path sizes for the tensor cores (64 x 64 tiles, 32-deep stages): C below one tile and across
+# two (mirrored off-diagonal Gram tile), N odd and not a multiple of 16, batch 2, two position slices.
+# SM75 only changes which kernels run: one case.
+TENSOR_CASES = [(90, CASES[2]), (90, CASES[3]), (90, CASES[4]), (75, CASES[2])]
+
+
+@pytest.mark.parametrize("sm,case", TENSOR_CASES, ids=lambda v: f"sm{v}" if isinstance(v, int) else case_id(v))
+@LAYOUTS
+@pytest.mark.parametrize("x_dtype", [torch.float16, torch.bfloat16], ids=["float16", "bfloat16"])
+def test_tensor_cores_by_compute_capability(by_compute_capability, sm, case, layout, x_dtype):
+    """The folded path runs its Gram matrix and output GEMM on tensor cores (wmma) for float16 from SM70
+    and bfloat16 from SM80, else the SIMT kernels; both within the unchanged tolerances."""
+    x, weights = make_inputs(case, layout, x_dtype, torch.float32)
+    reply = forward(by_compute_capability[sm], x, weights, layout, FOLDED)
+    assert reply["status"] == SUCCESS, f"{reply['error']}\n{reply['log']}"
+    y = torch.from_numpy(reply["y"])
+    assert_close((y.view(torch.bfloat16) if x_dtype == torch.bfloat16 else y).double(),
+                 reference(x, weights, layout), x_dtype)
+    mma_per_launch = [int(n) for n in re.findall(r"launch grid .*: (\d+) mma_sync", reply["log"])]
+    assert len(mma_per_launch) == 6  # staging, Gram, m, c, M, output
+    tensor_cores = x_dtype == torch.float16 or sm >= 80
+    assert sum(n > 0 for n in mma_per_launch) == (2 if tensor_cores else 0), reply["log"]
+
+
+@pytest.mark.parametrize("x_dtype", [torch.float16, torch.bfloat16], ids=["float16", "bfloat16"])
+def test_tensor_core_operands_keep_float32_precision(kernels, x_dtype):
+    """M = alpha I enters the tensor cores scaled per column by a power of two and split into terms of
+    X's type. With X = 1/s, alpha = s a (a has 24 significant bits) and all other weights zero, Y = a + bo
+    lies 2^-23 above or below a rounding tie of X's type: Y rounds right only if every bit of alpha
+    survives, for s inside and outside float16's range."""
+    mantissa_bits = {torch.float16: 10, torch.bfloat16: 7}[x_dtype]
+    a = 1 + 2 ** -8 + 2 ** -16 + 2 ** -23
+    tie = 1 + 2 ** -(mantissa_bits + 1)
+    exact = torch.tensor([tie + 2 ** -23, tie - 2 ** -23], dtype=torch.float64)
+    for scale in (1.0, 2.0 ** 20, 2.0 ** -15):
+        x, weights = make_inputs((1, 2, 1, (1, 3)), TOKENS, x_dtype, torch.float32)
+        x.fill_(1 / scale)
+        for w in weights:
+            w.zero_()
+        weights[7].copy_(exact - a)
+        y = run(kernels, x, weights, TOKENS, FOLDED, alpha=a * scale)
+        assert torch.equal(y, exact.to(x_dtype).expand_as(y)), (scale, y)
 
 
 def test_auto_path(kernels):

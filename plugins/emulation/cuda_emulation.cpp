@@ -1,5 +1,6 @@
 // Runtime of the CUDA emulation (cuda_emulation.h): launches on a pool of OS threads, barriers that
-// check CUDA's synchronisation rules, and the CUDA runtime calls the kernels' host code makes.
+// check CUDA's synchronisation rules, the checks of warp-collective wmma calls, and the CUDA runtime
+// calls the kernels' host code makes.
 #include "cuda_emulation.h"
 
 #include <algorithm>
@@ -100,21 +101,21 @@ private:
     std::atomic<uint32_t> generation_{0};
 };
 
-//! One warp's lanes and the slots they exchange shuffled values through. Consecutive shuffles use
-//! alternate slot sets, so one barrier per shuffle suffices: a lane can only overwrite a set after the
-//! barrier of the next shuffle, which every lane reaches after reading the set.
+//! One warp's lanes and the slots they exchange values through (shuffles, the arguments of wmma calls).
+//! Consecutive exchanges use alternate slot sets, so one barrier per exchange suffices: a lane can only
+//! overwrite a set after the barrier of the next exchange, which every lane reaches after reading the set.
 struct Warp
 {
     explicit Warp(unsigned lanes)
         : lanes(lanes)
-        , barrier(lanes, "__shfl_down_sync")
+        , barrier(lanes, "__shfl_down_sync/wmma")
     {
     }
 
     unsigned lanes;
     GroupBarrier barrier;
-    std::array<std::array<std::array<std::byte, 8>, kWarpSize>, 2> slots{};
-    std::array<uint8_t, kWarpSize> slotSet{}; //!< per lane: the set its next shuffle writes
+    std::array<std::array<std::array<std::byte, 16>, kWarpSize>, 2> slots{};
+    std::array<uint8_t, kWarpSize> slotSet{}; //!< per lane: the set its next exchange writes
 };
 
 //! One kernel launch: the grid, the function every thread runs, the barriers of the running block.
@@ -162,6 +163,22 @@ public:
 
     void shuffleDown(unsigned t, void* value, std::size_t bytes, unsigned mask, unsigned delta, Site const& site);
 
+    void warpMatrixCall(unsigned t, char const* name, void const* pointer, unsigned ldm, std::size_t elementBytes,
+        Site const& site);
+
+    void countMma(unsigned t)
+    {
+        if (t % kWarpSize == 0)
+        {
+            mmaCalls_.fetch_add(1, std::memory_order_relaxed);
+        }
+    }
+
+    uint64_t mmaCalls() const
+    {
+        return mmaCalls_.load();
+    }
+
     //! Records a broken rule (the first one is reported) with the calling thread's coordinates.
     void fail(std::string const& message)
     {
@@ -202,6 +219,7 @@ private:
     std::vector<std::unique_ptr<Warp>> warps_;
     std::barrier<EndOfBlock> endOfBlock_;
     std::atomic<uint64_t> progress_{0};
+    std::atomic<uint64_t> mmaCalls_{0};
     std::mutex errorMutex_;
     std::string error_;
 };
@@ -326,6 +344,44 @@ void Launch::shuffleDown(unsigned t, void* value, std::size_t bytes, unsigned ma
     }
 }
 
+void Launch::warpMatrixCall(
+    unsigned t, char const* name, void const* pointer, unsigned ldm, std::size_t elementBytes, Site const& site)
+{
+    auto report = [&](std::string const& problem)
+    { fail(std::string(name) + " at " + where(site) + ": " + problem); };
+    Warp& warp = *warps_[t / kWarpSize];
+    if (warp.lanes != kWarpSize)
+    {
+        report("needs a full warp of 32 threads; this one has " + std::to_string(warp.lanes));
+    }
+    if (pointer != nullptr && reinterpret_cast<uintptr_t>(pointer) % 32 != 0)
+    {
+        report("the pointer is not 32-byte (256-bit) aligned");
+    }
+    if (pointer != nullptr && ldm * elementBytes % 16 != 0)
+    {
+        report("ldm " + std::to_string(ldm) + " is not a multiple of " + std::to_string(16 / elementBytes) + " elements");
+    }
+    // Every lane at this call (the barrier checks the site and lanes that returned), with lane 0's arguments.
+    struct Arguments
+    {
+        void const* pointer;
+        uint64_t ldm;
+    };
+    Arguments const mine{pointer, ldm};
+    unsigned const lane = t % kWarpSize;
+    auto& slots = warp.slots[warp.slotSet[lane]];
+    warp.slotSet[lane] ^= 1;
+    std::memcpy(slots[lane].data(), &mine, sizeof mine);
+    warp.barrier.arrive(lane, site, *this);
+    Arguments first{};
+    std::memcpy(&first, slots[0].data(), sizeof first);
+    if (first.pointer != mine.pointer || first.ldm != mine.ldm)
+    {
+        report("the lanes of a warp pass different pointers or ldm");
+    }
+}
+
 //! Persistent OS threads; thread t of every block of a launch runs on worker t. Every worker takes part
 //! in every launch (those beyond the block size return at once), so none can miss or repeat one.
 class ThreadPool
@@ -441,6 +497,12 @@ void launch(dim3 grid, dim3 block, cudaStream_t /*stream: all work is synchronou
     std::lock_guard lock(oneAtATime);
     Launch launch(grid, block, thread);
     ThreadPool::instance().run(launch);
+    if (char const* trace = std::getenv("CUDA_EMULATION_TRACE"); trace != nullptr && std::strcmp(trace, "1") == 0)
+    {
+        std::fprintf(stderr, "cuda_emulation: launch grid %s block %s: %llu mma_sync\n",
+            coordinates({grid.x, grid.y, grid.z}).c_str(), coordinates({block.x, block.y, block.z}).c_str(),
+            static_cast<unsigned long long>(launch.mmaCalls()));
+    }
     std::string const error = launch.error();
     if (!error.empty())
     {
@@ -459,6 +521,21 @@ void shuffleDown(void* value, std::size_t bytes, unsigned mask, unsigned delta, 
     current("__shfl_down_sync").shuffleDown(currentThread, value, bytes, mask, delta, site);
 }
 
+void warpMatrixCall(char const* name, void const* pointer, unsigned ldm, std::size_t elementBytes, Site const& site)
+{
+    current(name).warpMatrixCall(currentThread, name, pointer, ldm, elementBytes, site);
+}
+
+void countMma()
+{
+    current("mma_sync").countMma(currentThread);
+}
+
+unsigned laneId()
+{
+    return currentThread % kWarpSize;
+}
+
 } // namespace cuda_emulation
 
 // The runtime calls, hidden so that a process that also loads the real CUDA runtime keeps both apart.
@@ -475,11 +552,46 @@ extern "C" CUDA_EMULATION_HIDDEN cudaError_t cudaGetLastError()
     return std::exchange(cuda_emulation::lastError, cudaSuccess);
 }
 
+extern "C" CUDA_EMULATION_HIDDEN cudaError_t cudaGetDevice(int* device)
+{
+    *device = 0;
+    return cudaSuccess;
+}
+
+//! The one emulated device; its compute capability is CUDA_EMULATION_SM (10 * major + minor, default 90).
+extern "C" CUDA_EMULATION_HIDDEN cudaError_t cudaDeviceGetAttribute(int* value, cudaDeviceAttr attr, int device)
+{
+    if (device != 0)
+    {
+        return cudaErrorInvalidDevice;
+    }
+    long sm = 90;
+    if (char const* text = std::getenv("CUDA_EMULATION_SM"); text != nullptr)
+    {
+        char* end = nullptr;
+        sm = std::strtol(text, &end, 10);
+        if (end == text || *end != '\0' || sm < 10 || sm > 999)
+        {
+            std::fprintf(stderr, "cuda_emulation: CUDA_EMULATION_SM=%s is not a compute capability such as 75 or 90\n",
+                text);
+            return cudaErrorInvalidValue;
+        }
+    }
+    switch (attr)
+    {
+    case cudaDevAttrComputeCapabilityMajor: *value = static_cast<int>(sm / 10); return cudaSuccess;
+    case cudaDevAttrComputeCapabilityMinor: *value = static_cast<int>(sm % 10); return cudaSuccess;
+    default: return cudaErrorInvalidValue;
+    }
+}
+
 extern "C" CUDA_EMULATION_HIDDEN char const* cudaGetErrorString(cudaError_t error)
 {
     switch (error)
     {
     case cudaSuccess: return "no error";
+    case cudaErrorInvalidValue: return "invalid argument";
+    case cudaErrorInvalidDevice: return "invalid device ordinal";
     case cudaErrorInvalidConfiguration: return "invalid configuration argument";
     case cudaErrorLaunchFailure: return "unspecified launch failure (cuda_emulation: details on stderr)";
     default: return "unrecognized error code";

@@ -4,6 +4,8 @@
 //                and c = Wo^T (bq * m) + bo -> Y = X M + 1 c^T.
 // Unfolded path: stage weights -> [K | V] = X [Wk | Wv] + [bk | bv] -> m = mean_n K * V
 //                -> G = (X Wq + bq) * m -> Y = G Wo + bo + alpha X.
+// With float16/bfloat16 X on a GPU that has the tensor cores for it, the folded path's Gram matrix
+// and output GEMM run on tensor cores (nvcuda::wmma); everything else is float32 SIMT.
 // All intermediate values are float32 in the workspace (layout from polynl::core::workspaceLayout).
 // Every launch goes through launchKernel, so that the CPU emulation in plugins/emulation can run
 // this file unchanged.
@@ -15,9 +17,15 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
+#ifndef CUDA_EMULATION
+#include <mma.h> // the emulation provides nvcuda::wmma itself
+#endif
 
 #include <algorithm>
+#include <atomic>
+#include <cmath>
 #include <string>
+#include <type_traits>
 
 namespace polynl::kernels
 {
@@ -134,6 +142,20 @@ __global__ void stageWeightsKernel(WeightStaging<W> staging)
 // positions. One block owns a 32 x 32 tile of S on or above the diagonal and mirrors it.
 // ---------------------------------------------------------------------------------------------
 
+//! Positions [begin, end) of one of `slices` equal slices.
+struct PositionSlice
+{
+    int64_t begin;
+    int64_t end;
+
+    __device__ PositionSlice(int64_t positions, int64_t slices, int64_t slice)
+    {
+        int64_t const perSlice = (positions + slices - 1) / slices;
+        begin = slice * perSlice;
+        end = min(positions, begin + perSlice);
+    }
+};
+
 constexpr int kGramTile = 32;
 constexpr int kGramChunk = 32; // positions per shared-memory stage
 constexpr int kGramThreads = 256;
@@ -150,10 +172,7 @@ __global__ void __launch_bounds__(kGramThreads) gramKernel(MatrixView<T const> x
         return; // S is symmetric: the mirrored block writes this tile.
     }
     int64_t const b = blockIdx.z / slices;
-    int64_t const slice = blockIdx.z % slices;
-    int64_t const perSlice = (positions + slices - 1) / slices;
-    int64_t const begin = slice * perSlice;
-    int64_t const end = min(positions, begin + perSlice);
+    auto const [begin, end] = PositionSlice(positions, slices, blockIdx.z % slices);
 
     __shared__ float xi[kGramChunk][kGramTile + 1];
     __shared__ float xj[kGramChunk][kGramTile + 1];
@@ -536,6 +555,281 @@ struct ResidualEpilogue
 };
 
 // ---------------------------------------------------------------------------------------------
+// Tensor cores (folded path, float16/bfloat16 X): nvcuda::wmma 16 x 16 x 16 with float accumulators.
+// Operand tiles are staged in shared memory in X's type (zero beyond the matrix), and accumulators
+// go back through shared memory (store_matrix_sync) before any epilogue, so no code depends on the
+// opaque fragment layout. 8 warps per block, each owning a 16 x 32 strip of a 64 x 64 output tile.
+// ---------------------------------------------------------------------------------------------
+
+namespace wmma = nvcuda::wmma;
+
+constexpr int kMma = 16; //!< fragment edge (m = n = k)
+constexpr int kTensorTile = 64;
+constexpr int kTensorDepth = 32; //!< reduction depth per shared-memory stage (two k-steps)
+constexpr int kTensorThreads = 256;
+constexpr int kPad16 = 8; //!< row padding of 16-bit tiles (keeps ldm a multiple of 8 and rows 16-byte aligned)
+constexpr int kPadFloat = 4;
+constexpr int kTensorLd = kTensorTile + kPad16;
+constexpr int kDepthLd = kTensorDepth + kPad16;
+constexpr int kOutLd = kTensorTile + kPadFloat;
+
+//! Whether this compilation pass has wmma for T: float16 from SM70, bfloat16 from SM80, never float.
+template <typename T>
+__device__ constexpr bool wmmaCompiled()
+{
+    constexpr bool isHalf = std::is_same_v<T, __half>;
+    constexpr bool isBFloat16 = std::is_same_v<T, __nv_bfloat16>;
+#if defined(CUDA_EMULATION)
+    return isHalf || isBFloat16;
+#elif defined(__CUDA_ARCH__)
+    return (isHalf && __CUDA_ARCH__ >= 700) || (isBFloat16 && __CUDA_ARCH__ >= 800);
+#else
+    return false;
+#endif
+}
+
+//! Whether a device of compute capability `sm` (10 * major + minor) runs X of type T on tensor cores.
+template <typename T>
+bool tensorCoresFor(int sm)
+{
+    return (std::is_same_v<T, __half> && sm >= 70) || (std::is_same_v<T, __nv_bfloat16> && sm >= 80);
+}
+
+//! Warp w's strip of the 64 x 64 tile: rows 16 (w / 2), columns 32 (w % 2) + [0, 32).
+struct WarpStrip
+{
+    int row;
+    int col;
+
+    __device__ WarpStrip()
+        : row(kMma * static_cast<int>(threadIdx.x / 64))
+        , col(32 * static_cast<int>(threadIdx.x / 32 % 2))
+    {
+    }
+};
+
+using Accumulator = wmma::fragment<wmma::accumulator, kMma, kMma, kMma, float>;
+
+//! Stores a warp's two accumulators at its strip of `out` (row-major, leading dimension kOutLd).
+__device__ void storeStrip(float (*out)[kOutLd], WarpStrip const& strip, Accumulator const (&acc)[2])
+{
+    for (int f = 0; f < 2; ++f)
+    {
+        wmma::store_matrix_sync(&out[strip.row][strip.col + kMma * f], acc[f], kOutLd, wmma::mem_row_major);
+    }
+}
+
+//! gramKernel on tensor cores: one block per 64 x 64 tile of S on or above the diagonal and position slice.
+//! S_IJ = X_I^T X_J: the staged chunk xi[position][channel] is X_I^T in column-major order.
+template <typename T>
+__global__ void __launch_bounds__(kTensorThreads) tensorGramKernel(MatrixView<T const> x, int64_t positions,
+    int64_t channels, int32_t slices, float invPositions, float* gram, float* mu)
+{
+    if constexpr (wmmaCompiled<T>())
+    {
+        int32_t const tileI = blockIdx.x;
+        int32_t const tileJ = blockIdx.y;
+        if (tileI > tileJ)
+        {
+            return; // S is symmetric: the mirrored block writes this tile.
+        }
+        int64_t const b = blockIdx.z / slices;
+        auto const [begin, end] = PositionSlice(positions, slices, blockIdx.z % slices);
+
+        struct Shared
+        {
+            alignas(32) T xi[kTensorDepth][kTensorLd];
+            alignas(32) T xj[kTensorDepth][kTensorLd];
+            alignas(32) float out[kTensorTile][kOutLd];
+        };
+        __shared__ Shared shared;
+
+        int64_t const baseI = static_cast<int64_t>(tileI) * kTensorTile;
+        int64_t const baseJ = static_cast<int64_t>(tileJ) * kTensorTile;
+        bool const positionsContiguous = x.rowStride == 1;
+        bool const diagonal = tileI == tileJ;
+        T const zero = fromFloat<T>(0.F);
+        WarpStrip const strip;
+
+        Accumulator acc[2];
+        wmma::fill_fragment(acc[0], 0.F);
+        wmma::fill_fragment(acc[1], 0.F);
+        float columnSum = 0.F; // mu: threads 0..63 of diagonal blocks, one channel each
+        for (int64_t n0 = begin; n0 < end; n0 += kTensorDepth)
+        {
+            for (int e = threadIdx.x; e < kTensorDepth * kTensorTile; e += kTensorThreads)
+            {
+                // Map consecutive threads along the contiguous dimension of X for coalescing.
+                int const p = positionsContiguous ? e % kTensorDepth : e / kTensorTile;
+                int const c = positionsContiguous ? e / kTensorDepth : e % kTensorTile;
+                int64_t const n = n0 + p;
+                bool const inN = n < end;
+                shared.xi[p][c] = inN && baseI + c < channels ? x.at(b, n, baseI + c) : zero;
+                shared.xj[p][c] = inN && baseJ + c < channels ? x.at(b, n, baseJ + c) : zero;
+            }
+            __syncthreads();
+            for (int k = 0; k < kTensorDepth; k += kMma)
+            {
+                wmma::fragment<wmma::matrix_a, kMma, kMma, kMma, T, wmma::col_major> xiT;
+                wmma::load_matrix_sync(xiT, &shared.xi[k][strip.row], kTensorLd);
+                for (int f = 0; f < 2; ++f)
+                {
+                    wmma::fragment<wmma::matrix_b, kMma, kMma, kMma, T, wmma::row_major> xj;
+                    wmma::load_matrix_sync(xj, &shared.xj[k][strip.col + kMma * f], kTensorLd);
+                    wmma::mma_sync(acc[f], xiT, xj, acc[f]);
+                }
+            }
+            if (diagonal && threadIdx.x < kTensorTile)
+            {
+                for (int p = 0; p < kTensorDepth; ++p)
+                {
+                    columnSum += toFloat(shared.xj[p][threadIdx.x]);
+                }
+            }
+            __syncthreads();
+        }
+
+        storeStrip(shared.out, strip, acc);
+        __syncthreads();
+        float* s = gram + b * channels * channels;
+        for (int e = threadIdx.x; e < kTensorTile * kTensorTile; e += kTensorThreads)
+        {
+            int64_t const i = baseI + e / kTensorTile;
+            int64_t const j = baseJ + e % kTensorTile;
+            if (i < channels && j < channels)
+            {
+                float const value = shared.out[e / kTensorTile][e % kTensorTile] * invPositions;
+                atomicAdd(&s[i * channels + j], value);
+                if (!diagonal)
+                {
+                    atomicAdd(&s[j * channels + i], value);
+                }
+            }
+        }
+        if (diagonal && threadIdx.x < kTensorTile && baseJ + threadIdx.x < channels)
+        {
+            atomicAdd(&mu[b * channels + baseJ + threadIdx.x], columnSum * invPositions);
+        }
+    }
+}
+
+//! Terms of X's type that M is split into: float16 (11-bit significands) two, about 2^-22 relative;
+//! bfloat16 (8 bits) three, about 2^-24 relative, as float32 itself.
+template <typename T>
+constexpr int kSplitTerms = std::is_same_v<T, __half> ? 2 : 3;
+
+//! out(b, r, c) = epilogue(b, r, c, sum_k A(b, r, k) W(b, k, c)) on tensor cores, A of type T, W float32.
+//! Each 64-column block of W is scaled by a power of two per column (its largest magnitude into
+//! [0.5, 1), so float16 neither overflows nor underflows) and split into kSplitTerms<T> values of type
+//! T whose products with A accumulate exactly in one float accumulator; the epilogue undoes the scale.
+template <typename T, typename Epilogue>
+__global__ void __launch_bounds__(kTensorThreads) tensorGemmKernel(MatrixView<T const> a, MatrixView<float const> w,
+    int64_t rows, int64_t cols, int64_t depth, bool outputRowsContiguous, Epilogue epilogue)
+{
+    if constexpr (wmmaCompiled<T>())
+    {
+        constexpr int kTerms = kSplitTerms<T>;
+        constexpr int kScanRows = kTensorThreads / kTensorTile;
+        struct Shared
+        {
+            alignas(32) T a[kTensorTile][kDepthLd];
+            alignas(32) T w[kTerms][kTensorDepth][kTensorLd];
+            alignas(32) float out[kTensorTile][kOutLd];
+            float columnMax[kScanRows][kTensorTile];
+            int exponent[kTensorTile];
+        };
+        __shared__ Shared shared;
+
+        int64_t const b = blockIdx.z;
+        int64_t const rowBase = static_cast<int64_t>(blockIdx.x) * kTensorTile;
+        int64_t const colBase = static_cast<int64_t>(blockIdx.y) * kTensorTile;
+        bool const aRowsContiguous = a.rowStride == 1;
+        T const zero = fromFloat<T>(0.F);
+        WarpStrip const strip;
+
+        // Column scales: 2^-exponent brings the largest |W(b, :, c)| into [0.5, 1).
+        {
+            int const c = threadIdx.x % kTensorTile;
+            float largest = 0.F;
+            for (int64_t k = threadIdx.x / kTensorTile; k < depth && colBase + c < cols; k += kScanRows)
+            {
+                largest = fmaxf(largest, fabsf(w.at(b, k, colBase + c)));
+            }
+            shared.columnMax[threadIdx.x / kTensorTile][c] = largest;
+        }
+        __syncthreads();
+        if (threadIdx.x < kTensorTile)
+        {
+            float largest = 0.F;
+            for (int s = 0; s < kScanRows; ++s)
+            {
+                largest = fmaxf(largest, shared.columnMax[s][threadIdx.x]);
+            }
+            frexpf(largest, &shared.exponent[threadIdx.x]);
+        }
+        __syncthreads();
+
+        Accumulator acc[2];
+        wmma::fill_fragment(acc[0], 0.F);
+        wmma::fill_fragment(acc[1], 0.F);
+        for (int64_t k0 = 0; k0 < depth; k0 += kTensorDepth)
+        {
+            for (int e = threadIdx.x; e < kTensorTile * kTensorDepth; e += kTensorThreads)
+            {
+                int const r = aRowsContiguous ? e % kTensorTile : e / kTensorDepth;
+                int const k = aRowsContiguous ? e / kTensorTile : e % kTensorDepth;
+                int64_t const gr = rowBase + r;
+                int64_t const gk = k0 + k;
+                shared.a[r][k] = gr < rows && gk < depth ? a.at(b, gr, gk) : zero;
+            }
+            for (int e = threadIdx.x; e < kTensorDepth * kTensorTile; e += kTensorThreads)
+            {
+                int const c = e % kTensorTile;
+                int const k = e / kTensorTile;
+                int64_t const gc = colBase + c;
+                int64_t const gk = k0 + k;
+                float rest = gc < cols && gk < depth ? ldexpf(w.at(b, gk, gc), -shared.exponent[c]) : 0.F;
+                for (int t = 0; t < kTerms; ++t)
+                {
+                    T const term = fromFloat<T>(rest);
+                    shared.w[t][k][c] = term;
+                    rest -= toFloat(term); // exact: term is rest rounded
+                }
+            }
+            __syncthreads();
+            for (int k = 0; k < kTensorDepth; k += kMma)
+            {
+                wmma::fragment<wmma::matrix_a, kMma, kMma, kMma, T, wmma::row_major> aFragment;
+                wmma::load_matrix_sync(aFragment, &shared.a[strip.row][k], kDepthLd);
+                for (int f = 0; f < 2; ++f)
+                {
+                    for (int t = 0; t < kTerms; ++t)
+                    {
+                        wmma::fragment<wmma::matrix_b, kMma, kMma, kMma, T, wmma::row_major> wFragment;
+                        wmma::load_matrix_sync(wFragment, &shared.w[t][k][strip.col + kMma * f], kTensorLd);
+                        wmma::mma_sync(acc[f], aFragment, wFragment, acc[f]);
+                    }
+                }
+            }
+            __syncthreads();
+        }
+
+        storeStrip(shared.out, strip, acc);
+        __syncthreads();
+        for (int e = threadIdx.x; e < kTensorTile * kTensorTile; e += kTensorThreads)
+        {
+            // Consecutive threads take consecutive rows when the output is contiguous along rows (maps).
+            int const r = outputRowsContiguous ? e % kTensorTile : e / kTensorTile;
+            int const c = outputRowsContiguous ? e / kTensorTile : e % kTensorTile;
+            if (rowBase + r < rows && colBase + c < cols)
+            {
+                epilogue(b, rowBase + r, colBase + c, ldexpf(shared.out[r][c], shared.exponent[c]));
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
 // Host side
 // ---------------------------------------------------------------------------------------------
 
@@ -614,20 +908,57 @@ void stageWeights(core::Problem const& p, void const* const* weights, Buffers co
     launchKernel(stageWeightsKernel<W>, dim3(blocks, core::kNumWeights), kThreads, stream, staging);
 }
 
+//! Compute capability of the current device as 10 * major + minor, queried once per device.
+cudaError_t deviceComputeCapability(int* sm)
+{
+    constexpr int kCachedDevices = 64;
+    static std::atomic<int> cached[kCachedDevices]; // 0: not queried yet
+    int device = 0;
+    cudaError_t err = cudaGetDevice(&device);
+    bool const cacheable = device >= 0 && device < kCachedDevices;
+    if (err != cudaSuccess || (cacheable && (*sm = cached[device].load(std::memory_order_relaxed)) != 0))
+    {
+        return err;
+    }
+    int major = 0;
+    int minor = 0;
+    err = cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device);
+    if (err == cudaSuccess)
+    {
+        err = cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device);
+    }
+    *sm = 10 * major + minor;
+    if (err == cudaSuccess && cacheable)
+    {
+        cached[device].store(*sm, std::memory_order_relaxed);
+    }
+    return err;
+}
+
 template <typename T>
-void forwardFolded(core::Problem const& p, T const* x, T* y, Buffers const& buf, cudaStream_t stream)
+void forwardFolded(core::Problem const& p, T const* x, T* y, Buffers const& buf, int sm, cudaStream_t stream)
 {
     int64_t const c = p.channels;
     int64_t const r = p.inner;
     auto const xView = featureView(x, p);
     auto const yView = featureView(y, p);
     float const invN = 1.F / static_cast<float>(p.positions);
+    bool const tensorCores = tensorCoresFor<T>(sm);
 
-    int32_t const tiles = ceilDiv(c, kGramTile);
+    int32_t const tiles = ceilDiv(c, tensorCores ? kTensorTile : kGramTile);
     int64_t const triangle = static_cast<int64_t>(tiles) * (tiles + 1) / 2;
     int32_t const slices = positionSlices(p.positions, triangle, p.batch);
     dim3 const gramGrid(tiles, tiles, static_cast<uint32_t>(p.batch * slices));
-    launchKernel(gramKernel<T>, gramGrid, kGramThreads, stream, xView, p.positions, c, slices, invN, buf.gram, buf.mu);
+    if (tensorCores)
+    {
+        launchKernel(tensorGramKernel<T>, gramGrid, kTensorThreads, stream, xView, p.positions, c, slices, invN,
+            buf.gram, buf.mu);
+    }
+    else
+    {
+        launchKernel(
+            gramKernel<T>, gramGrid, kGramThreads, stream, xView, p.positions, c, slices, invN, buf.gram, buf.mu);
+    }
 
     launchKernel(gramMeansKernel, dim3(static_cast<uint32_t>(r), static_cast<uint32_t>(p.batch)), kReduceThreads,
         stream, buf.gram, buf.mu, buf.wkv, buf.bkv, c, r, buf.means);
@@ -640,8 +971,18 @@ void forwardFolded(core::Problem const& p, T const* x, T* y, Buffers const& buf,
     launchGemm<float>(denseView<float const>(buf.wq, r, 0), buf.means, r, denseView<float const>(buf.wo, c, 0),
         p.batch, c, c, r, false, MixingEpilogue{buf.gram, c, p.alpha}, stream);
 
-    launchGemm<T>(xView, nullptr, 0, denseView<float const>(buf.gram, c, c * c), p.batch, p.positions, c, c,
-        yView.rowStride == 1, ShiftEpilogue<T>{yView, buf.shift, c}, stream);
+    auto const mixing = denseView<float const>(buf.gram, c, c * c);
+    ShiftEpilogue<T> const output{yView, buf.shift, c};
+    if (tensorCores)
+    {
+        dim3 const grid(ceilDiv(p.positions, kTensorTile), ceilDiv(c, kTensorTile), static_cast<uint32_t>(p.batch));
+        launchKernel(tensorGemmKernel<T, ShiftEpilogue<T>>, grid, kTensorThreads, stream, xView, mixing, p.positions,
+            c, c, yView.rowStride == 1, output);
+    }
+    else
+    {
+        launchGemm<T>(xView, nullptr, 0, mixing, p.batch, p.positions, c, c, yView.rowStride == 1, output, stream);
+    }
 }
 
 template <typename T>
@@ -675,12 +1016,12 @@ void forwardUnfolded(core::Problem const& p, T const* x, T* y, Buffers const& bu
 }
 
 template <typename T>
-void forwardTyped(core::Problem const& p, core::Path path, void const* x, void* y, Buffers const& buf,
+void forwardTyped(core::Problem const& p, core::Path path, void const* x, void* y, Buffers const& buf, int sm,
     cudaStream_t stream)
 {
     if (path == core::Path::kFolded)
     {
-        forwardFolded<T>(p, static_cast<T const*>(x), static_cast<T*>(y), buf, stream);
+        forwardFolded<T>(p, static_cast<T const*>(x), static_cast<T*>(y), buf, sm, stream);
     }
     else
     {
@@ -810,8 +1151,13 @@ extern "C" PolyNLStatus polynl_forward(PolyNLDesc const* desc, void const* x, vo
     }
     Buffers const buf = buffersIn(workspace, layout);
     cudaGetLastError(); // Clear a stale error so the check below reports ours.
-    cudaError_t err = cudaMemsetAsync(
-        static_cast<char*>(workspace) + layout.zeroedBegin, 0, layout.zeroedEnd - layout.zeroedBegin, stream);
+    int sm = 0;
+    cudaError_t err = deviceComputeCapability(&sm);
+    if (err == cudaSuccess)
+    {
+        err = cudaMemsetAsync(
+            static_cast<char*>(workspace) + layout.zeroedBegin, 0, layout.zeroedEnd - layout.zeroedBegin, stream);
+    }
     if (err == cudaSuccess)
     {
         switch (problem.weightType)
@@ -822,9 +1168,9 @@ extern "C" PolyNLStatus polynl_forward(PolyNLDesc const* desc, void const* x, vo
         }
         switch (problem.xType)
         {
-        case core::DataType::kFloat32: forwardTyped<float>(problem, path, x, y, buf, stream); break;
-        case core::DataType::kFloat16: forwardTyped<__half>(problem, path, x, y, buf, stream); break;
-        case core::DataType::kBFloat16: forwardTyped<__nv_bfloat16>(problem, path, x, y, buf, stream); break;
+        case core::DataType::kFloat32: forwardTyped<float>(problem, path, x, y, buf, sm, stream); break;
+        case core::DataType::kFloat16: forwardTyped<__half>(problem, path, x, y, buf, sm, stream); break;
+        case core::DataType::kBFloat16: forwardTyped<__nv_bfloat16>(problem, path, x, y, buf, sm, stream); break;
         }
         err = cudaGetLastError();
     }

@@ -26,13 +26,23 @@ typedef struct CUstream_st* cudaStream_t;
 enum cudaError_t
 {
     cudaSuccess = 0,
+    cudaErrorInvalidValue = 1,
     cudaErrorInvalidConfiguration = 9,
+    cudaErrorInvalidDevice = 101,
     cudaErrorLaunchFailure = 719,
+};
+
+enum cudaDeviceAttr
+{
+    cudaDevAttrComputeCapabilityMajor = 75,
+    cudaDevAttrComputeCapabilityMinor = 76,
 };
 
 extern "C"
 {
     cudaError_t cudaMemsetAsync(void* devPtr, int value, size_t count, cudaStream_t stream);
     cudaError_t cudaGetLastError(void);
+    cudaError_t cudaGetDevice(int* device);
+    cudaError_t cudaDeviceGetAttribute(int* value, cudaDeviceAttr attr, int device);
     char const* cudaGetErrorString(cudaError_t error);
 }

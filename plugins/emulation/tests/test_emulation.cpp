@@ -1,9 +1,11 @@
-// Tests of the CUDA emulation itself: indices, shared memory, barriers, shuffles, atomics, and the
-// misuse it reports. No framework: exits non-zero on the first failed check.
+// Tests of the CUDA emulation itself: indices, shared memory, barriers, shuffles, atomics, wmma, the
+// emulated compute capability, and the misuse it reports. No framework: exits non-zero on the first
+// failed check.
 #include "check.h"
 #include "cuda_emulation.h"
 
 #include <cstdio>
+#include <cstdlib>
 #include <vector>
 
 namespace
@@ -135,6 +137,140 @@ void testConfiguration()
     CHECK(out[0] == 0.F);
 }
 
+namespace wmma = nvcuda::wmma;
+
+constexpr unsigned kLd16 = 24; // leading dimension of 16-bit tiles: a multiple of 8, rows of 48 bytes
+constexpr unsigned kLdFloat = 20;
+
+template <typename T>
+float toFloat(T v)
+{
+    if constexpr (std::is_same_v<T, __half>)
+    {
+        return __half2float(v);
+    }
+    else
+    {
+        return __bfloat162float(v);
+    }
+}
+
+// d = a b + 1 for each warp's own 16 x 16 tiles (warp w at offset w * 16 rows).
+template <typename T, typename LayoutA, wmma::layout_t kStore>
+__global__ void tileProducts(T const* a, T const* b, float* d)
+{
+    unsigned const warp = threadIdx.x / 32;
+    wmma::fragment<wmma::matrix_a, 16, 16, 16, T, LayoutA> fa;
+    wmma::fragment<wmma::matrix_b, 16, 16, 16, T, wmma::row_major> fb;
+    wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc;
+    wmma::fill_fragment(acc, 1.F);
+    wmma::load_matrix_sync(fa, a + warp * 16 * kLd16, kLd16);
+    wmma::load_matrix_sync(fb, b + warp * 16 * kLd16, kLd16);
+    wmma::mma_sync(acc, fa, fb, acc);
+    wmma::store_matrix_sync(d + warp * 16 * kLdFloat, acc, kLdFloat, kStore);
+}
+
+// Two warps of D = A B + 1 with small integers (every sum exact), for the given A layout and store layout.
+template <typename T, typename LayoutA, wmma::layout_t kStore>
+void testTileProducts(T (*fromFloat)(float))
+{
+    constexpr bool kRowMajorA = std::is_same_v<LayoutA, wmma::row_major>;
+    alignas(32) static T a[2 * 16 * kLd16];
+    alignas(32) static T b[2 * 16 * kLd16];
+    alignas(32) static float d[2 * 16 * kLdFloat];
+    for (unsigned i = 0; i < 2 * 16 * kLd16; ++i)
+    {
+        a[i] = fromFloat(static_cast<float>(i % 7) - 3.F);
+        b[i] = fromFloat(static_cast<float>(i * 3 % 5) - 2.F);
+    }
+    CHECK((run(1, 64, tileProducts<T, LayoutA, kStore>, a, b, d) == cudaSuccess));
+    for (unsigned w = 0; w < 2; ++w)
+    {
+        for (unsigned i = 0; i < 16; ++i)
+        {
+            for (unsigned j = 0; j < 16; ++j)
+            {
+                float expected = 1.F;
+                for (unsigned k = 0; k < 16; ++k)
+                {
+                    unsigned const aAt = kRowMajorA ? i * kLd16 + k : k * kLd16 + i;
+                    expected += toFloat(a[w * 16 * kLd16 + aAt]) * toFloat(b[w * 16 * kLd16 + k * kLd16 + j]);
+                }
+                unsigned const dAt = kStore == wmma::mem_row_major ? i * kLdFloat + j : j * kLdFloat + i;
+                CHECK(d[w * 16 * kLdFloat + dAt] == expected);
+            }
+        }
+    }
+}
+
+void testWmma()
+{
+    testTileProducts<__half, wmma::col_major, wmma::mem_row_major>(__float2half_rn);
+    testTileProducts<__nv_bfloat16, wmma::row_major, wmma::mem_col_major>(__float2bfloat16_rn);
+}
+
+enum class Misuse
+{
+    kNone,
+    kHalfWarpReturns,
+    kLanesDisagree
+};
+
+// One load (and, for a float buffer, one store) with the given offset, ldm and misuse.
+__global__ void misusedLoad(__half const* a, unsigned offset, unsigned ldm, Misuse misuse)
+{
+    if (misuse == Misuse::kHalfWarpReturns && threadIdx.x >= 16)
+    {
+        return;
+    }
+    unsigned const laneOffset = misuse == Misuse::kLanesDisagree ? threadIdx.x % 2 * 16 : 0;
+    wmma::fragment<wmma::matrix_a, 16, 16, 16, __half, wmma::row_major> fa;
+    wmma::load_matrix_sync(fa, a + offset + laneOffset, ldm);
+}
+
+__global__ void misusedStore(float* d, unsigned offset, unsigned ldm)
+{
+    wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc;
+    wmma::fill_fragment(acc, 0.F);
+    wmma::store_matrix_sync(d + offset, acc, ldm, wmma::mem_row_major);
+}
+
+void testWmmaMisuse()
+{
+    alignas(32) static __half a[64 * kLd16];
+    alignas(32) static float d[64 * kLdFloat];
+    CHECK(run(1, 32, misusedLoad, a, 0U, kLd16, Misuse::kNone) == cudaSuccess);
+    CHECK(run(1, 32, misusedLoad, a, 1U, kLd16, Misuse::kNone) == cudaErrorLaunchFailure);  // 2-byte aligned
+    CHECK(run(1, 32, misusedLoad, a, 8U, kLd16, Misuse::kNone) == cudaErrorLaunchFailure);  // 16-byte aligned
+    CHECK(run(1, 32, misusedLoad, a, 0U, 20U, Misuse::kNone) == cudaErrorLaunchFailure);    // ldm % 8 != 0
+    CHECK(run(1, 16, misusedLoad, a, 0U, kLd16, Misuse::kNone) == cudaErrorLaunchFailure);  // a 16-thread warp
+    CHECK(run(1, 32, misusedLoad, a, 0U, kLd16, Misuse::kHalfWarpReturns) == cudaErrorLaunchFailure);
+    CHECK(run(1, 32, misusedLoad, a, 0U, kLd16, Misuse::kLanesDisagree) == cudaErrorLaunchFailure);
+    CHECK(run(1, 32, misusedStore, d, 0U, kLdFloat) == cudaSuccess);
+    CHECK(run(1, 32, misusedStore, d, 4U, kLdFloat) == cudaErrorLaunchFailure); // 16-byte aligned
+    CHECK(run(1, 32, misusedStore, d, 0U, 18U) == cudaErrorLaunchFailure);      // ldm % 4 != 0
+}
+
+void testComputeCapability()
+{
+    auto capability = [] {
+        int major = 0;
+        int minor = 0;
+        cudaError_t const err = cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, 0);
+        CHECK(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, 0) == err);
+        return err == cudaSuccess ? 10 * major + minor : -1;
+    };
+    int device = -1;
+    CHECK(cudaGetDevice(&device) == cudaSuccess && device == 0);
+    unsetenv("CUDA_EMULATION_SM");
+    CHECK(capability() == 90);
+    setenv("CUDA_EMULATION_SM", "75", 1);
+    CHECK(capability() == 75);
+    setenv("CUDA_EMULATION_SM", "7.5", 1);
+    CHECK(capability() == -1);
+    unsetenv("CUDA_EMULATION_SM");
+}
+
 } // namespace
 
 int main()
@@ -144,6 +280,9 @@ int main()
     testShuffleAndAtomics();
     testBarrierMisuse();
     testConfiguration();
+    testWmma();
+    testWmmaMisuse();
+    testComputeCapability();
     if (failures != 0)
     {
         std::fprintf(stderr, "%d check(s) failed\n", failures);
