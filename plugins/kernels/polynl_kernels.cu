@@ -158,6 +158,26 @@ struct PositionSlice
 
 constexpr int kGramTile = 32;
 constexpr int kGramChunk = 32; // positions per shared-memory stage
+
+//! Stages positions [n0, n0 + Chunk) of the channel tiles at baseI and baseJ into xi and xj as
+//! [position][channel] in the tile's element type E, zero outside X; consecutive threads run along
+//! the contiguous dimension of X for coalescing.
+template <int Chunk, int Tile, int Threads, typename T, typename E, int Ld>
+__device__ void stageGramChunk(MatrixView<T const> x, int64_t b, int64_t n0, int64_t end, int64_t channels,
+    int64_t baseI, int64_t baseJ, E (&xi)[Chunk][Ld], E (&xj)[Chunk][Ld])
+{
+    bool const positionsContiguous = x.rowStride == 1;
+    E const zero = fromFloat<E>(0.F);
+    for (int e = threadIdx.x; e < Chunk * Tile; e += Threads)
+    {
+        int const p = positionsContiguous ? e % Chunk : e / Tile;
+        int const c = positionsContiguous ? e / Chunk : e % Tile;
+        int64_t const n = n0 + p;
+        bool const inN = n < end;
+        xi[p][c] = inN && baseI + c < channels ? fromFloat<E>(toFloat(x.at(b, n, baseI + c))) : zero;
+        xj[p][c] = inN && baseJ + c < channels ? fromFloat<E>(toFloat(x.at(b, n, baseJ + c))) : zero;
+    }
+}
 constexpr int kGramThreads = 256;
 constexpr int64_t kGramMinPositionsPerSlice = 256;
 
@@ -181,23 +201,13 @@ __global__ void __launch_bounds__(kGramThreads) gramKernel(MatrixView<T const> x
     int const ty = threadIdx.x / 16;
     int64_t const baseI = static_cast<int64_t>(tileI) * kGramTile;
     int64_t const baseJ = static_cast<int64_t>(tileJ) * kGramTile;
-    bool const positionsContiguous = x.rowStride == 1;
     bool const diagonal = tileI == tileJ;
 
     float acc[2][2] = {{0.F, 0.F}, {0.F, 0.F}};
     float columnSum[2] = {0.F, 0.F};
     for (int64_t n0 = begin; n0 < end; n0 += kGramChunk)
     {
-        for (int e = threadIdx.x; e < kGramChunk * kGramTile; e += kGramThreads)
-        {
-            // Map consecutive threads along the contiguous dimension of X for coalescing.
-            int const p = positionsContiguous ? e % kGramChunk : e / kGramTile;
-            int const c = positionsContiguous ? e / kGramChunk : e % kGramTile;
-            int64_t const n = n0 + p;
-            bool const inN = n < end;
-            xi[p][c] = inN && baseI + c < channels ? toFloat(x.at(b, n, baseI + c)) : 0.F;
-            xj[p][c] = inN && baseJ + c < channels ? toFloat(x.at(b, n, baseJ + c)) : 0.F;
-        }
+        stageGramChunk<kGramChunk, kGramTile, kGramThreads>(x, b, n0, end, channels, baseI, baseJ, xi, xj);
         __syncthreads();
 #pragma unroll 8
         for (int p = 0; p < kGramChunk; ++p)
@@ -646,9 +656,7 @@ __global__ void __launch_bounds__(kTensorThreads) tensorGramKernel(MatrixView<T 
 
         int64_t const baseI = static_cast<int64_t>(tileI) * kTensorTile;
         int64_t const baseJ = static_cast<int64_t>(tileJ) * kTensorTile;
-        bool const positionsContiguous = x.rowStride == 1;
         bool const diagonal = tileI == tileJ;
-        T const zero = fromFloat<T>(0.F);
         WarpStrip const strip;
 
         Accumulator acc[2];
@@ -657,16 +665,8 @@ __global__ void __launch_bounds__(kTensorThreads) tensorGramKernel(MatrixView<T 
         float columnSum = 0.F; // mu: threads 0..63 of diagonal blocks, one channel each
         for (int64_t n0 = begin; n0 < end; n0 += kTensorDepth)
         {
-            for (int e = threadIdx.x; e < kTensorDepth * kTensorTile; e += kTensorThreads)
-            {
-                // Map consecutive threads along the contiguous dimension of X for coalescing.
-                int const p = positionsContiguous ? e % kTensorDepth : e / kTensorTile;
-                int const c = positionsContiguous ? e / kTensorDepth : e % kTensorTile;
-                int64_t const n = n0 + p;
-                bool const inN = n < end;
-                shared.xi[p][c] = inN && baseI + c < channels ? x.at(b, n, baseI + c) : zero;
-                shared.xj[p][c] = inN && baseJ + c < channels ? x.at(b, n, baseJ + c) : zero;
-            }
+            stageGramChunk<kTensorDepth, kTensorTile, kTensorThreads>(
+                x, b, n0, end, channels, baseI, baseJ, shared.xi, shared.xj);
             __syncthreads();
             for (int k = 0; k < kTensorDepth; k += kMma)
             {
