@@ -3,8 +3,9 @@
 The kernel source is compiled as C++ with the emulation header, preferably with AddressSanitizer and
 UBSan. ASan's runtime must be the first library a process loads, so the sanitized library cannot be
 loaded into the pytest process: a child Python process started with LD_PRELOAD=libasan.so loads it and
-runs each call, with requests and replies pickled over its stdin and stdout. Its stderr (sanitizer
-reports, emulation diagnostics) goes to a log that errors quote.
+runs each call, with requests and replies pickled over its stdin and stdout (a pipe between the test
+process and the child it started; no file is ever unpickled). Its stderr (sanitizer reports, emulation
+diagnostics) goes to a log that errors quote.
 
     python emulated_kernels.py LIBRARY     # the child; EmulatedKernels starts it
 """
