@@ -19,10 +19,11 @@ def _version(distribution: str) -> str | None:
         return None
 
 
-def _plugin_library() -> Path | None:
-    candidates = [os.environ.get(PLUGIN_LIBRARY_ENV, "")]
+def find_built_library(env_var: str, file_name: str) -> Path | None:
+    """A native library of plugins/: the file named by ``$env_var``, else a build in plugins/build or build/."""
     root = Path(__file__).resolve().parent.parent
-    candidates += [str(root / "plugins" / "build" / PLUGIN_LIBRARY_NAME), str(root / "build" / PLUGIN_LIBRARY_NAME)]
+    candidates = [os.environ.get(env_var, ""), str(root / "plugins" / "build" / file_name),
+                  str(root / "build" / file_name)]
     return next((Path(c) for c in candidates if c and Path(c).is_file()), None)
 
 
@@ -76,7 +77,8 @@ def detect() -> Features:
     from polynl_deploy.kernels import find_kernel_library
 
     return Features(torch_version, cuda, gpu_name, _version("onnx"), ort_cpu, ort_gpu, providers,
-                    tensorrt, rtx, _plugin_library(), find_kernel_library(), tuple(problems))
+                    tensorrt, rtx, find_built_library(PLUGIN_LIBRARY_ENV, PLUGIN_LIBRARY_NAME),
+                    find_kernel_library(), tuple(problems))
 
 
 def render(found: Features, console) -> None:

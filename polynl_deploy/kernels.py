@@ -9,10 +9,11 @@ import ctypes
 import os
 import subprocess
 from pathlib import Path
-from typing import Callable, Mapping
+from typing import Mapping
 
 from polynl_deploy import contract
 from polynl_deploy.errors import KernelError
+from polynl_deploy.features import find_built_library
 
 KERNELS_LIBRARY_ENV = "POLYNL_KERNELS_LIBRARY"
 KERNELS_LIBRARY_NAME = "libpolynl_kernels.so"
@@ -35,9 +36,7 @@ class KernelDesc(ctypes.Structure):
 
 def find_kernel_library() -> Path | None:
     """$POLYNL_KERNELS_LIBRARY, else a build under plugins/build or build/."""
-    candidates = [os.environ.get(KERNELS_LIBRARY_ENV, ""), str(PLUGINS_DIR / "build" / KERNELS_LIBRARY_NAME),
-                  str(PLUGINS_DIR.parent / "build" / KERNELS_LIBRARY_NAME)]
-    return next((Path(c) for c in candidates if c and Path(c).is_file()), None)
+    return find_built_library(KERNELS_LIBRARY_ENV, KERNELS_LIBRARY_NAME)
 
 
 def build_kernel_library(build_dir: Path, cuda_architectures: str, target: str = "polynl_kernels",

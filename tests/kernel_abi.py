@@ -9,4 +9,6 @@ SUCCESS, INVALID_ARGUMENT, UNSUPPORTED, WORKSPACE_TOO_SMALL, CUDA_ERROR = (
     STATUSES[name] for name in ("success", "invalid_argument", "unsupported", "workspace_too_small", "cuda_error"))
 AUTO, FOLDED, UNFOLDED = (PATHS[name] for name in ("auto", "folded", "unfolded"))
 MAPS, TOKENS = LAYOUTS["maps"], LAYOUTS["tokens"]
-FLOAT32, FLOAT16, BFLOAT16 = (DTYPES[name] for name in ("float32", "float16", "bfloat16"))
+FLOAT32 = DTYPES["float32"]
+LAYOUT_NAMES = {code: name for name, code in LAYOUTS.items()}
+PATH_NAMES = {code: name for name, code in PATHS.items()}

@@ -3,9 +3,7 @@ test_plugins_emulated.py (the same kernel source run by the CPU emulation)."""
 
 import torch
 
-from kernel_abi import BFLOAT16, FLOAT16, FLOAT32, MAPS
-
-DTYPE_CODES = {torch.float32: FLOAT32, torch.float16: FLOAT16, torch.bfloat16: BFLOAT16}
+from kernel_abi import MAPS
 
 # batch, channels C, inner C', spatial (H, W); tokens use N = H * W positions. The kernels tile channels
 # by 32 (Gram) and 64 (GEMMs), C' by 32 (means) and 64, positions by 32 (Gram) and 64, and split 512 or

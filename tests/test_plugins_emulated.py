@@ -14,9 +14,9 @@ import torch
 import numpy_reference
 from emulated_kernels import (CXX, LIBRARY, NO_TOOLKIT, ChildCrashed, EmulatedKernels, asan_runtime, build,
                               toolkit_include_dir)
-from kernel_abi import (AUTO, CUDA_ERROR, FLOAT32, FOLDED, INVALID_ARGUMENT, MAPS, SUCCESS, TOKENS, UNFOLDED,
-                        UNSUPPORTED, WORKSPACE_TOO_SMALL, Desc)
-from kernel_cases import CASES, DTYPE_CODES, assert_close, case_id, make_inputs
+from kernel_abi import (AUTO, CUDA_ERROR, FLOAT32, FOLDED, INVALID_ARGUMENT, LAYOUT_NAMES, MAPS, PATH_NAMES, SUCCESS,
+                        TOKENS, UNFOLDED, UNSUPPORTED, WORKSPACE_TOO_SMALL, Desc)
+from kernel_cases import CASES, assert_close, case_id, make_inputs
 from polynl_deploy import contract
 from polynl_deploy.errors import KernelError
 from polynl_deploy.kernels import KernelLibrary
@@ -74,13 +74,10 @@ def host(tensor):
 
 
 def describe(x, weights, layout, path, alpha=ALPHA):
-    """The descriptor fields (kernel_abi.Desc) for X and the weights."""
-    if layout == MAPS:
-        batch, channels, positions = x.shape[0], x.shape[1], x[0, 0].numel()
-    else:
-        batch, positions, channels = x.shape
-    return (batch, channels, weights[1].numel(), positions, layout, DTYPE_CODES[x.dtype],
-            DTYPE_CODES[weights[0].dtype], path, alpha)
+    """The descriptor fields (kernel_abi.Desc) for X and the weights, as polynl_deploy.kernels makes them."""
+    desc = kernel_describe(x, dict(zip(contract.INPUT_NAMES[1:], weights)), LAYOUT_NAMES[layout], alpha,
+                           PATH_NAMES[path])
+    return tuple(getattr(desc, field) for field, _ in Desc._fields_)
 
 
 def forward(kernels, x, weights, layout, path, alpha=ALPHA, desc=None, **options):

@@ -7,7 +7,7 @@ import shutil
 import pytest
 import torch
 
-from kernel_abi import AUTO, FOLDED, LAYOUTS, MAPS, PATHS, TOKENS, UNFOLDED, Desc
+from kernel_abi import AUTO, FOLDED, LAYOUT_NAMES, MAPS, PATH_NAMES, TOKENS, UNFOLDED, Desc
 from kernel_cases import CASES, assert_close, case_id, make_inputs
 from polynl_deploy import contract
 from polynl_deploy.kernels import KernelLibrary, build_kernel_library
@@ -29,9 +29,7 @@ def kernels(tmp_path_factory):
 
 def run_kernels(lib, x, weights, layout, path, alpha):
     """Y from libpolynl_kernels through polynl_deploy.kernels; x and weights are CUDA tensors."""
-    layout_name = next(name for name, code in LAYOUTS.items() if code == layout)
-    path_name = next(name for name, code in PATHS.items() if code == path)
-    return lib.forward(x, dict(zip(contract.INPUT_NAMES[1:], weights)), layout_name, alpha, path_name)
+    return lib.forward(x, dict(zip(contract.INPUT_NAMES[1:], weights)), LAYOUT_NAMES[layout], alpha, PATH_NAMES[path])
 
 
 def expected_output(x, weights, layout, alpha):

@@ -11,6 +11,8 @@ from polynl_deploy.bench.settings import MEASUREMENT_COLUMNS, BenchResult, Measu
 from polynl_deploy.io import atomic_path, write_bytes_atomic
 
 NONLOCAL_NAMES = tuple(NONLOCAL_LABELS)
+TARGET_FORMATS = {"d": "{:.2f}", "e": "{:.0%}"}
+"""How each target's figure prints: exponents plain, bandwidth fractions in percent, ratios otherwise as 1.23x."""
 
 
 def write_csv(measurements: list[Measurement], path: Path) -> None:
@@ -158,8 +160,7 @@ def render(result: BenchResult, console) -> None:
             table.add_column(column, overflow="fold")
         for t in result.targets:
             met = "n/a" if t.met is None else ("[green]met" if t.met else "[red]NOT met")
-            formats = {"d": "{:.2f}", "e": "{:.0%}"}
-            value = "-" if t.value is None else formats.get(t.key, "{:.2f}x").format(t.value)
+            value = "-" if t.value is None else TARGET_FORMATS.get(t.key, "{:.2f}x").format(t.value)
             table.add_row(f"({t.key})", t.description, value, t.goal, met, t.basis)
         console.print(table)
 
