@@ -149,8 +149,9 @@ def test_tensor_cores_by_compute_capability(by_compute_capability, sm, case, lay
     assert_close((y.view(torch.bfloat16) if x_dtype == torch.bfloat16 else y).double(),
                  reference(x, weights, layout), x_dtype)
     mma_per_launch = [int(n) for n in re.findall(r"launch grid .*: (\d+) mma_sync", reply["log"])]
-    assert len(mma_per_launch) == 6  # staging, Gram, m, c, M, output
     tensor_cores = x_dtype == torch.float16 or sm >= 80
+    # staging, Gram, m, c, M, [split of M,] output
+    assert len(mma_per_launch) == (7 if tensor_cores else 6), reply["log"]
     assert sum(n > 0 for n in mma_per_launch) == (2 if tensor_cores else 0), reply["log"]
 
 
@@ -172,6 +173,19 @@ def test_tensor_core_operands_keep_float32_precision(kernels, x_dtype):
         weights[7].copy_(exact - a)
         y = run(kernels, x, weights, TOKENS, FOLDED, alpha=a * scale)
         assert torch.equal(y, exact.to(x_dtype).expand_as(y)), (scale, y)
+
+
+@pytest.mark.parametrize("x_dtype", [torch.float16, torch.bfloat16], ids=["float16", "bfloat16"])
+def test_tensor_core_scales_per_batch_item(by_compute_capability, x_dtype):
+    """Each batch item's M gets its own column scales: item 1 is item 0 times 16, so its M (quadratic in
+    X through m) is about 256 times larger and lands in other binades."""
+    x, weights = make_inputs((2, 70, 9, (9, 11)), MAPS, x_dtype, torch.float32)
+    x[1] = x[0] * 16
+    reply = forward(by_compute_capability[90], x, weights, MAPS, FOLDED)
+    assert reply["status"] == SUCCESS, f"{reply['error']}\n{reply['log']}"
+    y = torch.from_numpy(reply["y"])
+    assert_close((y.view(torch.bfloat16) if x_dtype == torch.bfloat16 else y).double(),
+                 reference(x, weights, MAPS), x_dtype)
 
 
 def test_auto_path(kernels):

@@ -233,6 +233,9 @@ WorkspaceLayout workspaceLayout(Problem const& problem, Path path)
     layout.zeroedEnd = cursor;
     layout.shift = append(cursor, folded ? b * c : 0);
     layout.tokens = append(cursor, folded ? 0 : b * problem.positions * 2 * r);
+    int64_t const splitElements = folded ? b * mixingSplitTerms(problem.xType) * c * c : 0;
+    layout.mixingTerms = append(cursor, (splitElements + 1) / 2); // 16-bit elements, two per float
+    layout.mixingExponents = append(cursor, splitElements > 0 ? b * c : 0);
     layout.total = cursor;
     return layout;
 }

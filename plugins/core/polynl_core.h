@@ -95,7 +95,14 @@ bool isSupportedType(DataType xType, DataType weightType);
 bool prefersUnfolded(int64_t channels, int64_t inner);
 Path choosePath(int64_t channels, int64_t inner);
 
-//! Byte offsets of the float32 buffers the kernels use inside one workspace.
+//! Terms of X's 16-bit type that the tensor-core output GEMM splits the float32 matrix M into:
+//! float16 (11-bit significands) two, bfloat16 (8 bits) three; none for float32 X.
+constexpr int32_t mixingSplitTerms(DataType xType)
+{
+    return xType == DataType::kFloat16 ? 2 : xType == DataType::kBFloat16 ? 3 : 0;
+}
+
+//! Byte offsets of the buffers the kernels use inside one workspace (float32 unless said).
 //! Every offset is 256-byte aligned; buffers unused by a path have size 0.
 struct WorkspaceLayout
 {
@@ -106,6 +113,9 @@ struct WorkspaceLayout
     size_t zeroedBegin, means, mu, gram, zeroedEnd;
     // Folded: shift c (B, C). Unfolded: [K | V] then Q * m, (B, N, 2C').
     size_t shift, tokens;
+    // Folded with 16-bit X: M split into mixingSplitTerms(xType) matrices of X's type (B, terms, C, C),
+    // each column scaled by 2^-e, and the int32 exponents e (B, C).
+    size_t mixingTerms, mixingExponents;
     size_t total;
 };
 

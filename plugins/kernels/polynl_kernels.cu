@@ -5,8 +5,9 @@
 // Unfolded path: stage weights -> [K | V] = X [Wk | Wv] + [bk | bv] -> m = mean_n K * V
 //                -> G = (X Wq + bq) * m -> Y = G Wo + bo + alpha X.
 // With float16/bfloat16 X on a GPU that has the tensor cores for it, the folded path's Gram matrix
-// and output GEMM run on tensor cores (nvcuda::wmma); everything else is float32 SIMT.
-// All intermediate values are float32 in the workspace (layout from polynl::core::workspaceLayout).
+// and output GEMM run on tensor cores (nvcuda::wmma), M split once into 16-bit terms; everything else
+// is float32 SIMT. Intermediate values are float32 in the workspace (layout from
+// polynl::core::workspaceLayout), except those terms.
 // Every launch goes through launchKernel, so that the CPU emulation in plugins/emulation can run
 // this file unchanged.
 
@@ -713,29 +714,89 @@ __global__ void __launch_bounds__(kTensorThreads) tensorGramKernel(MatrixView<T 
     }
 }
 
-//! Terms of X's type that M is split into: float16 (11-bit significands) two, about 2^-22 relative;
-//! bfloat16 (8 bits) three, about 2^-24 relative, as float32 itself.
+//! Terms of X's type that M is split into (polynl::core::mixingSplitTerms): their sum carries M's
+//! float32 precision (float16: about 2^-22 relative; bfloat16: about 2^-24).
 template <typename T>
-constexpr int kSplitTerms = std::is_same_v<T, __half> ? 2 : 3;
+constexpr int kSplitTerms = core::mixingSplitTerms(std::is_same_v<T, __half> ? core::DataType::kFloat16
+        : std::is_same_v<T, __nv_bfloat16>                                 ? core::DataType::kBFloat16
+                                                                           : core::DataType::kFloat32);
 
-//! out(b, r, c) = epilogue(b, r, c, sum_k A(b, r, k) W(b, k, c)) on tensor cores, A of type T, W float32.
-//! Each 64-column block of W is scaled by a power of two per column (its largest magnitude into
-//! [0.5, 1), so float16 neither overflows nor underflows) and split into kSplitTerms<T> values of type
-//! T whose products with A accumulate exactly in one float accumulator; the epilogue undoes the scale.
+//! M split once per call for tensorGemmKernel: column c of M(b) is scaled by 2^-exponents[b, c]
+//! (its largest magnitude into [0.5, 1), so float16 neither overflows nor underflows) and written
+//! as kSplitTerms<T> matrices of type T, terms[b, t] row-major (depth x cols), whose sum is the
+//! scaled column exactly enough that their products with A accumulate in one float accumulator.
+template <typename T>
+struct SplitMatrix
+{
+    using Exponent = std::conditional_t<std::is_const_v<T>, int const, int>;
+
+    T* terms;
+    Exponent* exponents;
+    int64_t depth;
+    int64_t cols;
+
+    __device__ __forceinline__ T& term(int64_t b, int t, int64_t k, int64_t c) const
+    {
+        return terms[((b * kSplitTerms<std::remove_const_t<T>> + t) * depth + k) * cols + c];
+    }
+};
+
+//! One block per 64 columns of M(b): column scales, then the terms of those columns.
+template <typename T>
+__global__ void __launch_bounds__(kTensorThreads) splitMixingKernel(MatrixView<float const> w, SplitMatrix<T> split)
+{
+    constexpr int kScanRows = kTensorThreads / kTensorTile;
+    __shared__ float columnMax[kScanRows][kTensorTile];
+    __shared__ int exponent[kTensorTile];
+    int64_t const b = blockIdx.y;
+    int const c = threadIdx.x % kTensorTile;
+    int64_t const gc = static_cast<int64_t>(blockIdx.x) * kTensorTile + c;
+    float largest = 0.F;
+    for (int64_t k = threadIdx.x / kTensorTile; k < split.depth && gc < split.cols; k += kScanRows)
+    {
+        largest = fmaxf(largest, fabsf(w.at(b, k, gc)));
+    }
+    columnMax[threadIdx.x / kTensorTile][c] = largest;
+    __syncthreads();
+    if (threadIdx.x < kTensorTile)
+    {
+        for (int s = 0; s < kScanRows; ++s)
+        {
+            largest = fmaxf(largest, columnMax[s][c]);
+        }
+        frexpf(largest, &exponent[c]);
+        if (gc < split.cols)
+        {
+            split.exponents[b * split.cols + gc] = exponent[c];
+        }
+    }
+    __syncthreads();
+    for (int64_t k = threadIdx.x / kTensorTile; k < split.depth && gc < split.cols; k += kScanRows)
+    {
+        float rest = ldexpf(w.at(b, k, gc), -exponent[c]);
+        for (int t = 0; t < kSplitTerms<T>; ++t)
+        {
+            T const term = fromFloat<T>(rest);
+            split.term(b, t, k, gc) = term;
+            rest -= toFloat(term); // exact: term is rest rounded
+        }
+    }
+}
+
+//! out(b, r, c) = epilogue(b, r, c, sum_k A(b, r, k) W(b, k, c)) on tensor cores, A of type T and W
+//! given as its split (splitMixingKernel); the epilogue gets the sum with the column scale undone.
 template <typename T, typename Epilogue>
-__global__ void __launch_bounds__(kTensorThreads) tensorGemmKernel(MatrixView<T const> a, MatrixView<float const> w,
-    int64_t rows, int64_t cols, int64_t depth, bool outputRowsContiguous, Epilogue epilogue)
+__global__ void __launch_bounds__(kTensorThreads) tensorGemmKernel(MatrixView<T const> a, SplitMatrix<T const> w,
+    int64_t rows, bool outputRowsContiguous, Epilogue epilogue)
 {
     if constexpr (wmmaCompiled<T>())
     {
         constexpr int kTerms = kSplitTerms<T>;
-        constexpr int kScanRows = kTensorThreads / kTensorTile;
         struct Shared
         {
             alignas(32) T a[kTensorTile][kDepthLd];
             alignas(32) T w[kTerms][kTensorDepth][kTensorLd];
             alignas(32) float out[kTensorTile][kOutLd];
-            float columnMax[kScanRows][kTensorTile];
             int exponent[kTensorTile];
         };
         __shared__ Shared shared;
@@ -743,32 +804,16 @@ __global__ void __launch_bounds__(kTensorThreads) tensorGemmKernel(MatrixView<T 
         int64_t const b = blockIdx.z;
         int64_t const rowBase = static_cast<int64_t>(blockIdx.x) * kTensorTile;
         int64_t const colBase = static_cast<int64_t>(blockIdx.y) * kTensorTile;
+        int64_t const depth = w.depth;
+        int64_t const cols = w.cols;
         bool const aRowsContiguous = a.rowStride == 1;
         T const zero = fromFloat<T>(0.F);
         WarpStrip const strip;
 
-        // Column scales: 2^-exponent brings the largest |W(b, :, c)| into [0.5, 1).
+        if (threadIdx.x < kTensorTile && colBase + threadIdx.x < cols)
         {
-            int const c = threadIdx.x % kTensorTile;
-            float largest = 0.F;
-            for (int64_t k = threadIdx.x / kTensorTile; k < depth && colBase + c < cols; k += kScanRows)
-            {
-                largest = fmaxf(largest, fabsf(w.at(b, k, colBase + c)));
-            }
-            shared.columnMax[threadIdx.x / kTensorTile][c] = largest;
+            shared.exponent[threadIdx.x] = w.exponents[b * cols + colBase + threadIdx.x];
         }
-        __syncthreads();
-        if (threadIdx.x < kTensorTile)
-        {
-            float largest = 0.F;
-            for (int s = 0; s < kScanRows; ++s)
-            {
-                largest = fmaxf(largest, shared.columnMax[s][threadIdx.x]);
-            }
-            frexpf(largest, &shared.exponent[threadIdx.x]);
-        }
-        __syncthreads();
-
         Accumulator acc[2];
         wmma::fill_fragment(acc[0], 0.F);
         wmma::fill_fragment(acc[1], 0.F);
@@ -782,19 +827,14 @@ __global__ void __launch_bounds__(kTensorThreads) tensorGemmKernel(MatrixView<T 
                 int64_t const gk = k0 + k;
                 shared.a[r][k] = gr < rows && gk < depth ? a.at(b, gr, gk) : zero;
             }
-            for (int e = threadIdx.x; e < kTensorDepth * kTensorTile; e += kTensorThreads)
+            for (int e = threadIdx.x; e < kTerms * kTensorDepth * kTensorTile; e += kTensorThreads)
             {
                 int const c = e % kTensorTile;
-                int const k = e / kTensorTile;
+                int const k = e / kTensorTile % kTensorDepth;
+                int const t = e / (kTensorTile * kTensorDepth);
                 int64_t const gc = colBase + c;
                 int64_t const gk = k0 + k;
-                float rest = gc < cols && gk < depth ? ldexpf(w.at(b, gk, gc), -shared.exponent[c]) : 0.F;
-                for (int t = 0; t < kTerms; ++t)
-                {
-                    T const term = fromFloat<T>(rest);
-                    shared.w[t][k][c] = term;
-                    rest -= toFloat(term); // exact: term is rest rounded
-                }
+                shared.w[t][k][c] = gc < cols && gk < depth ? w.term(b, t, gk, gc) : zero;
             }
             __syncthreads();
             for (int k = 0; k < kTensorDepth; k += kMma)
@@ -884,13 +924,17 @@ void launchGemm(MatrixView<TA const> a, float const* aColumnScale, int64_t scale
 struct Buffers
 {
     float *wq, *bq, *wkv, *bkv, *wo, *bo, *means, *mu, *gram, *shift, *tokens;
+    void* mixingTerms;
+    int* mixingExponents;
 };
 
 Buffers buffersIn(void* workspace, core::WorkspaceLayout const& layout)
 {
     auto at = [workspace](size_t offset) { return reinterpret_cast<float*>(static_cast<char*>(workspace) + offset); };
     return {at(layout.wq), at(layout.bq), at(layout.wkv), at(layout.bkv), at(layout.wo), at(layout.bo),
-        at(layout.means), at(layout.mu), at(layout.gram), at(layout.shift), at(layout.tokens)};
+        at(layout.means), at(layout.mu), at(layout.gram), at(layout.shift), at(layout.tokens),
+        static_cast<char*>(workspace) + layout.mixingTerms,
+        reinterpret_cast<int*>(static_cast<char*>(workspace) + layout.mixingExponents)};
 }
 
 template <typename W>
@@ -975,9 +1019,17 @@ void forwardFolded(core::Problem const& p, T const* x, T* y, Buffers const& buf,
     ShiftEpilogue<T> const output{yView, buf.shift, c};
     if (tensorCores)
     {
-        dim3 const grid(ceilDiv(p.positions, kTensorTile), ceilDiv(c, kTensorTile), static_cast<uint32_t>(p.batch));
-        launchKernel(tensorGemmKernel<T, ShiftEpilogue<T>>, grid, kTensorThreads, stream, xView, mixing, p.positions,
-            c, c, yView.rowStride == 1, output);
+        if constexpr (kSplitTerms<T> > 0)
+        {
+            SplitMatrix<T> const split{static_cast<T*>(buf.mixingTerms), buf.mixingExponents, c, c};
+            launchKernel(splitMixingKernel<T>, dim3(ceilDiv(c, kTensorTile), static_cast<uint32_t>(p.batch)),
+                kTensorThreads, stream, mixing, split);
+            SplitMatrix<T const> const splitView{split.terms, split.exponents, c, c};
+            dim3 const grid(
+                ceilDiv(p.positions, kTensorTile), ceilDiv(c, kTensorTile), static_cast<uint32_t>(p.batch));
+            launchKernel(tensorGemmKernel<T, ShiftEpilogue<T>>, grid, kTensorThreads, stream, xView, splitView,
+                p.positions, yView.rowStride == 1, output);
+        }
     }
     else
     {

@@ -247,6 +247,15 @@ size_t PolyNLPlugin::getWorkspaceSize(DynamicPluginTensorDesc const* inputs, int
         {
             return 0;
         }
+        std::optional<core::DataType> const xType = coreType(inputs[contract::kInputX].desc.type);
+        std::optional<core::DataType> const weightType = coreType(inputs[contract::kInputWq].desc.type);
+        if (!xType || !weightType)
+        {
+            logError("unsupported tensor data type");
+            return 0;
+        }
+        problem.xType = *xType; // the float16/bfloat16 tensor-core path keeps a split copy of M
+        problem.weightType = *weightType;
         std::string const error = core::validateProblem(problem);
         if (!error.empty())
         {

@@ -7,6 +7,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <random>
+#include <utility>
 
 using namespace polynl::core;
 
@@ -96,7 +97,8 @@ void testWorkspace()
     WorkspaceLayout const unfolded = workspaceLayout(p, Path::kUnfolded);
     for (WorkspaceLayout const& w : {folded, unfolded})
     {
-        for (size_t offset : {w.wq, w.bq, w.wkv, w.bkv, w.wo, w.bo, w.means, w.mu, w.gram, w.shift, w.tokens})
+        for (size_t offset : {w.wq, w.bq, w.wkv, w.bkv, w.wo, w.bo, w.means, w.mu, w.gram, w.shift, w.tokens,
+                 w.mixingTerms, w.mixingExponents})
         {
             CHECK(offset % 256 == 0 && offset <= w.total);
         }
@@ -106,6 +108,19 @@ void testWorkspace()
     CHECK(folded.shift + 3 * 10 * sizeof(float) <= folded.total);
     CHECK(unfolded.tokens + 3 * 17 * 2 * 3 * sizeof(float) <= unfolded.total);
     CHECK(unfolded.gram == unfolded.zeroedEnd); // no Gram buffer on the unfolded path
+    CHECK(folded.mixingTerms == folded.total && unfolded.mixingTerms == unfolded.total); // float32 X: no split
+
+    // 16-bit X on the folded path: (B, terms, C, C) 16-bit terms of M and (B, C) int32 exponents.
+    for (auto [type, terms] : {std::pair{DataType::kFloat16, 2}, std::pair{DataType::kBFloat16, 3}})
+    {
+        p.xType = type;
+        WorkspaceLayout const split = workspaceLayout(p, Path::kFolded);
+        CHECK(split.mixingTerms % 256 == 0 && split.mixingExponents % 256 == 0);
+        CHECK(split.mixingExponents - split.mixingTerms >= size_t{3} * terms * 10 * 10 * 2);
+        CHECK(split.total - split.mixingExponents >= 3 * 10 * sizeof(int32_t));
+        CHECK(split.mixingTerms >= split.shift + 3 * 10 * sizeof(float));
+        CHECK(workspaceLayout(p, Path::kUnfolded).total == unfolded.total);
+    }
 }
 
 //! Folded and unfolded references agree to round-off in double, with biases and alpha.
