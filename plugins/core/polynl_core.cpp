@@ -220,8 +220,7 @@ WorkspaceLayout workspaceLayout(Problem const& problem, Path path)
     bool const folded = path == Path::kFolded;
     WorkspaceLayout layout{};
     size_t cursor = 0;
-    layout.wq = append(cursor, c * r);
-    layout.bq = append(cursor, r);
+    layout.wq = append(cursor, (c + 1) * r);
     layout.wkv = append(cursor, c * 2 * r);
     layout.bkv = append(cursor, 2 * r);
     layout.wo = append(cursor, r * c);

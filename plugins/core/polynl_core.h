@@ -106,9 +106,9 @@ constexpr int32_t mixingSplitTerms(DataType xType)
 //! Every offset is 256-byte aligned; buffers unused by a path have size 0.
 struct WorkspaceLayout
 {
-    // Staged float32 weights: Wq (C, C'), bq, Wkv = [Wk | Wv] (C, 2C'), bkv = [bk | bv],
-    // Wo (C', C), bo.
-    size_t wq, bq, wkv, bkv, wo, bo;
+    // Staged float32 weights: Wq with bq as its last row (C + 1, C'), Wkv = [Wk | Wv] (C, 2C'),
+    // bkv = [bk | bv], Wo (C', C), bo. (One GEMM then gives M and c = Wo^T (bq * m) together.)
+    size_t wq, wkv, bkv, wo, bo;
     // Zero-initialised accumulators: m (B, C'), mu (B, C), S then M (B, C, C).
     size_t zeroedBegin, means, mu, gram, zeroedEnd;
     // Folded: shift c (B, C). Unfolded: [K | V] then Q * m, (B, N, 2C').

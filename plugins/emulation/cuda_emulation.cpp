@@ -541,12 +541,6 @@ unsigned laneId()
 // The runtime calls, hidden so that a process that also loads the real CUDA runtime keeps both apart.
 #define CUDA_EMULATION_HIDDEN __attribute__((visibility("hidden")))
 
-extern "C" CUDA_EMULATION_HIDDEN cudaError_t cudaMemsetAsync(void* devPtr, int value, size_t count, cudaStream_t)
-{
-    std::memset(devPtr, value, count);
-    return cudaSuccess;
-}
-
 extern "C" CUDA_EMULATION_HIDDEN cudaError_t cudaGetLastError()
 {
     return std::exchange(cuda_emulation::lastError, cudaSuccess);

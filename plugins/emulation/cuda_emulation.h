@@ -9,7 +9,7 @@
 // qualifiers, threadIdx/blockIdx/blockDim/gridDim, __syncthreads, __shfl_down_sync, atomicAdd on
 // float, min, the __half/__nv_bfloat16 types and conversions (from the CUDA toolkit's headers in host
 // mode, or from no_toolkit/ where there is no toolkit), nvcuda::wmma for 16 x 16 x 16 tiles (below), and
-// cudaMemsetAsync, cudaGetLastError, cudaGetErrorString, cudaGetDevice and cudaDeviceGetAttribute
+// cudaGetLastError, cudaGetErrorString, cudaGetDevice and cudaDeviceGetAttribute
 // (cuda_emulation.cpp). Device pointers are host pointers; everything is synchronous. Code that launches
 // kernels calls cuda_emulation::launch where it would use <<<>>>.
 //

@@ -103,8 +103,9 @@ MatrixView<T> denseView(T* data, int64_t cols, int64_t batchStride)
 }
 
 // ---------------------------------------------------------------------------------------------
-// Weight staging: convert the eight weights into float32 matrices, in one launch (blockIdx.y
-// picks the weight; launches, not bytes, dominate at these sizes).
+// Weight staging: convert the eight weights into float32 matrices and zero the accumulators, in
+// one launch (blockIdx.y picks the weight, the last row of blocks zeroes; launches, not bytes,
+// dominate at these sizes).
 // ---------------------------------------------------------------------------------------------
 
 //! Copy a (rows x cols) weight into a float32 matrix with leading dimension ld.
@@ -122,15 +123,26 @@ template <typename W>
 struct WeightStaging
 {
     WeightCopy<W> copies[core::kNumWeights];
+    float* zeroed;
+    int64_t zeroedCount;
 };
 
 template <typename W>
 __global__ void stageWeightsKernel(WeightStaging<W> staging)
 {
+    int64_t const stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+    int64_t const first = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+    if (blockIdx.y == core::kNumWeights)
+    {
+        for (int64_t e = first; e < staging.zeroedCount; e += stride)
+        {
+            staging.zeroed[e] = 0.F;
+        }
+        return;
+    }
     WeightCopy<W> const copy = staging.copies[blockIdx.y];
     int64_t const count = copy.rows * copy.cols;
-    for (int64_t e = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; e < count;
-         e += static_cast<int64_t>(gridDim.x) * blockDim.x)
+    for (int64_t e = first; e < count; e += stride)
     {
         int64_t const row = e / copy.cols;
         int64_t const col = e - row * copy.cols;
@@ -347,28 +359,6 @@ __global__ void __launch_bounds__(kReduceThreads) gramMeansKernel(float const* g
 }
 
 // ---------------------------------------------------------------------------------------------
-// Shift c = Wo^T (bq * m) + bo (folded path), one thread per (k, b).
-// ---------------------------------------------------------------------------------------------
-
-__global__ void shiftKernel(float const* wo, float const* bq, float const* bo, float const* means,
-    int64_t channels, int64_t inner, int64_t batch, float* shift)
-{
-    int64_t const e = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
-    if (e >= batch * channels)
-    {
-        return;
-    }
-    int64_t const b = e / channels;
-    int64_t const k = e - b * channels;
-    float acc = bo[k];
-    for (int64_t j = 0; j < inner; ++j)
-    {
-        acc += wo[j * channels + k] * bq[j] * means[b * inner + j];
-    }
-    shift[e] = acc;
-}
-
-// ---------------------------------------------------------------------------------------------
 // m from K and V (unfolded path): m_j += (1/N) sum_n K[n, j] V[n, j] over a slice of positions.
 // kv is (B, N, 2C') with K in columns [0, C') and V in [C', 2C').
 // ---------------------------------------------------------------------------------------------
@@ -518,16 +508,26 @@ struct ShiftEpilogue
     }
 };
 
-//! Folded mixing matrix: M = alpha I + (Wq diag(m)) Wo, written over S.
+//! Folded mixing matrix and shift from ([Wq; bq^T] diag(m)) Wo: rows r < C give M = alpha I + Wq diag(m) Wo,
+//! written over S; row C gives c^T = (bq * m)^T Wo + bo^T.
 struct MixingEpilogue
 {
     float* mixing;
+    float* shift;
+    float const* bo;
     int64_t channels;
     float alpha;
 
     __device__ void operator()(int64_t b, int64_t r, int64_t c, float acc) const
     {
-        mixing[(b * channels + r) * channels + c] = acc + (r == c ? alpha : 0.F);
+        if (r < channels)
+        {
+            mixing[(b * channels + r) * channels + c] = acc + (r == c ? alpha : 0.F);
+        }
+        else
+        {
+            shift[b * channels + c] = acc + bo[c];
+        }
     }
 };
 
@@ -928,17 +928,19 @@ struct Buffers
     int* mixingExponents;
 };
 
-Buffers buffersIn(void* workspace, core::WorkspaceLayout const& layout)
+Buffers buffersIn(void* workspace, core::WorkspaceLayout const& layout, core::Problem const& p)
 {
     auto at = [workspace](size_t offset) { return reinterpret_cast<float*>(static_cast<char*>(workspace) + offset); };
-    return {at(layout.wq), at(layout.bq), at(layout.wkv), at(layout.bkv), at(layout.wo), at(layout.bo),
-        at(layout.means), at(layout.mu), at(layout.gram), at(layout.shift), at(layout.tokens),
+    return {at(layout.wq), at(layout.wq) + p.channels * p.inner, at(layout.wkv), at(layout.bkv), at(layout.wo),
+        at(layout.bo), at(layout.means), at(layout.mu), at(layout.gram), at(layout.shift), at(layout.tokens),
         static_cast<char*>(workspace) + layout.mixingTerms,
         reinterpret_cast<int*>(static_cast<char*>(workspace) + layout.mixingExponents)};
 }
 
+//! Stages the weights and zeroes the accumulators [zeroedBegin, zeroedEnd) of the workspace.
 template <typename W>
-void stageWeights(core::Problem const& p, void const* const* weights, Buffers const& buf, cudaStream_t stream)
+void stageWeights(core::Problem const& p, void const* const* weights, Buffers const& buf, float* zeroed,
+    int64_t zeroedCount, cudaStream_t stream)
 {
     int64_t const c = p.channels;
     int64_t const r = p.inner;
@@ -946,10 +948,11 @@ void stageWeights(core::Problem const& p, void const* const* weights, Buffers co
     // Contract order: Wq, bq, Wk, bk, Wv, bv, Wo, bo; K and V share one (C x 2C') matrix.
     WeightStaging<W> const staging{{{src(0), c, r, buf.wq, r}, {src(1), 1, r, buf.bq, r},
         {src(2), c, r, buf.wkv, 2 * r}, {src(3), 1, r, buf.bkv, r}, {src(4), c, r, buf.wkv + r, 2 * r},
-        {src(5), 1, r, buf.bkv + r, r}, {src(6), r, c, buf.wo, c}, {src(7), 1, c, buf.bo, c}}};
+        {src(5), 1, r, buf.bkv + r, r}, {src(6), r, c, buf.wo, c}, {src(7), 1, c, buf.bo, c}},
+        zeroed, zeroedCount};
     constexpr int kThreads = 256;
-    int32_t const blocks = std::min<int32_t>(ceilDiv(c * r, kThreads), 1024);
-    launchKernel(stageWeightsKernel<W>, dim3(blocks, core::kNumWeights), kThreads, stream, staging);
+    int32_t const blocks = std::min<int32_t>(ceilDiv(std::max(c * r, zeroedCount), kThreads), 1024);
+    launchKernel(stageWeightsKernel<W>, dim3(blocks, core::kNumWeights + 1), kThreads, stream, staging);
 }
 
 //! Compute capability of the current device as 10 * major + minor, queried once per device.
@@ -1007,13 +1010,10 @@ void forwardFolded(core::Problem const& p, T const* x, T* y, Buffers const& buf,
     launchKernel(gramMeansKernel, dim3(static_cast<uint32_t>(r), static_cast<uint32_t>(p.batch)), kReduceThreads,
         stream, buf.gram, buf.mu, buf.wkv, buf.bkv, c, r, buf.means);
 
-    constexpr int kThreads = 256;
-    launchKernel(shiftKernel, ceilDiv(p.batch * c, kThreads), kThreads, stream, buf.wo, buf.bq, buf.bo, buf.means, c,
-        r, p.batch, buf.shift);
-
-    // M = alpha I + (Wq diag(m)) Wo overwrites S (no longer needed once m is known).
+    // M = alpha I + (Wq diag(m)) Wo overwrites S (no longer needed once m is known); bq, Wq's last
+    // staged row, gives c in the same GEMM.
     launchGemm<float>(denseView<float const>(buf.wq, r, 0), buf.means, r, denseView<float const>(buf.wo, c, 0),
-        p.batch, c, c, r, false, MixingEpilogue{buf.gram, c, p.alpha}, stream);
+        p.batch, c + 1, c, r, false, MixingEpilogue{buf.gram, buf.shift, buf.bo, c, p.alpha}, stream);
 
     auto const mixing = denseView<float const>(buf.gram, c, c * c);
     ShiftEpilogue<T> const output{yView, buf.shift, c};
@@ -1201,22 +1201,21 @@ extern "C" PolyNLStatus polynl_forward(PolyNLDesc const* desc, void const* x, vo
     {
         return fail(POLYNL_STATUS_INVALID_ARGUMENT, "workspace must be 256-byte aligned");
     }
-    Buffers const buf = buffersIn(workspace, layout);
+    Buffers const buf = buffersIn(workspace, layout, problem);
+    auto* const zeroed = reinterpret_cast<float*>(static_cast<char*>(workspace) + layout.zeroedBegin);
+    auto const zeroedCount = static_cast<int64_t>((layout.zeroedEnd - layout.zeroedBegin) / sizeof(float));
     cudaGetLastError(); // Clear a stale error so the check below reports ours.
     int sm = 0;
     cudaError_t err = deviceComputeCapability(&sm);
     if (err == cudaSuccess)
     {
-        err = cudaMemsetAsync(
-            static_cast<char*>(workspace) + layout.zeroedBegin, 0, layout.zeroedEnd - layout.zeroedBegin, stream);
-    }
-    if (err == cudaSuccess)
-    {
         switch (problem.weightType)
         {
-        case core::DataType::kFloat32: stageWeights<float>(problem, weights, buf, stream); break;
-        case core::DataType::kFloat16: stageWeights<__half>(problem, weights, buf, stream); break;
-        case core::DataType::kBFloat16: stageWeights<__nv_bfloat16>(problem, weights, buf, stream); break;
+        case core::DataType::kFloat32: stageWeights<float>(problem, weights, buf, zeroed, zeroedCount, stream); break;
+        case core::DataType::kFloat16: stageWeights<__half>(problem, weights, buf, zeroed, zeroedCount, stream); break;
+        case core::DataType::kBFloat16:
+            stageWeights<__nv_bfloat16>(problem, weights, buf, zeroed, zeroedCount, stream);
+            break;
         }
         switch (problem.xType)
         {

@@ -97,12 +97,13 @@ void testWorkspace()
     WorkspaceLayout const unfolded = workspaceLayout(p, Path::kUnfolded);
     for (WorkspaceLayout const& w : {folded, unfolded})
     {
-        for (size_t offset : {w.wq, w.bq, w.wkv, w.bkv, w.wo, w.bo, w.means, w.mu, w.gram, w.shift, w.tokens,
+        for (size_t offset : {w.wq, w.wkv, w.bkv, w.wo, w.bo, w.means, w.mu, w.gram, w.shift, w.tokens,
                  w.mixingTerms, w.mixingExponents})
         {
             CHECK(offset % 256 == 0 && offset <= w.total);
         }
         CHECK(w.zeroedBegin == w.means && w.zeroedEnd >= w.zeroedBegin);
+        CHECK(w.wkv - w.wq >= (10 + 1) * 3 * sizeof(float)); // Wq and bq as its last row
     }
     CHECK(folded.zeroedEnd - folded.gram >= 3 * 10 * 10 * sizeof(float));
     CHECK(folded.shift + 3 * 10 * sizeof(float) <= folded.total);

@@ -40,7 +40,6 @@ enum cudaDeviceAttr
 
 extern "C"
 {
-    cudaError_t cudaMemsetAsync(void* devPtr, int value, size_t count, cudaStream_t stream);
     cudaError_t cudaGetLastError(void);
     cudaError_t cudaGetDevice(int* device);
     cudaError_t cudaDeviceGetAttribute(int* value, cudaDeviceAttr attr, int device);
