@@ -54,8 +54,7 @@ def build(directory, header_sets, sanitize):
     flags = ["-O1", "-g1", "-fPIC", "-Wall", "-Wextra", "-Werror", f"-I{PLUGINS / 'include'}", f"-I{PLUGINS / 'core'}",
              f"-I{EMULATION}", *(SANITIZE if sanitize else [])]
     # nvcc's `#pragma unroll` is unknown to g++.
-    kernels = ["-Wno-unknown-pragmas", "-x", "c++", "-include", str(EMULATION / "cuda_emulation.h"),
-               str(PLUGINS / "kernels" / "polynl_kernels.cu")]
+    kernels = ["-Wno-unknown-pragmas", str(EMULATION / "polynl_kernels_emulated.cpp")]
     units = {directory / "core.o": ["-std=c++17", str(PLUGINS / "core" / "polynl_core.cpp")]}
     links = {}
     first = next(iter(header_sets))

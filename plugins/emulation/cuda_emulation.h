@@ -2,8 +2,9 @@
 // kernels' indexing, barriers, warp shuffles, reductions and conversions can be checked (under
 // AddressSanitizer) on a machine without a GPU:
 //
-//   g++ -std=c++20 -I<cuda>/include -I<this folder> -x c++ -include cuda_emulation.h -c kernels.cu
-//   (link with cuda_emulation.cpp, compiled with the same -I; -I no_toolkit without a CUDA toolkit)
+//   g++ -std=c++20 -I<cuda>/include -I<this folder> -c polynl_kernels_emulated.cpp
+//   (which includes this header, then the .cu; link with cuda_emulation.cpp, compiled with the same -I;
+//   -I no_toolkit without a CUDA toolkit)
 //
 // It covers what plugins/kernels uses: the __global__/__device__/__shared__/__launch_bounds__
 // qualifiers, threadIdx/blockIdx/blockDim/gridDim, __syncthreads, __shfl_down_sync, atomicAdd on

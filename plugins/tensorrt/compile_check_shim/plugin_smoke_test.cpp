@@ -1,7 +1,9 @@
-// CPU smoke test of the plugin's build-time logic, compiled against the compile-check shim
-// (no TensorRT, no GPU: enqueue is not called). Exits non-zero on the first failure.
+// CPU smoke test of the plugin, compiled against the compile-check shim (no TensorRT, no GPU): its
+// build-time logic, and enqueue with the plugin linked against the CPU-emulated kernels.
+// Exits non-zero on the first failure.
 #include "NvInferRuntime.h"
 
+#include "enqueue_check.h"
 #include "polynl_contract.h"
 #include "polynl_plugin.h"
 
@@ -122,6 +124,18 @@ int main()
     io[7] = tensor(dims({c, r}), DataType::kFLOAT); // Wo transposed: rejected with a message
     std::fprintf(stderr, "expected error follows:\n");
     REQUIRE(build->configurePlugin(io, 9, io + 9, 1) != 0);
+
+    // enqueue on host buffers: folded (tensor-core and SIMT kernels) and unfolded, both layouts.
+    for (polynl::testing::EnqueueCase const& run : polynl::testing::enqueueCases())
+    {
+        std::string const mismatch = polynl::testing::enqueueMismatch(creator, run);
+        if (!mismatch.empty())
+        {
+            std::fprintf(stderr, "enqueue (%s, C'=%lld): %s\n", run.layout, static_cast<long long>(run.inner),
+                mismatch.c_str());
+        }
+        REQUIRE(mismatch.empty());
+    }
 
     std::printf("plugin_smoke_test: all checks passed\n");
     return 0;

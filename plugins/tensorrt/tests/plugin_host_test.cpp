@@ -1,10 +1,12 @@
 // CPU host test of libpolynl_trt_plugin.so, built against real TensorRT headers. The library is
 // loaded the way IPluginRegistry::loadLibrary and trtexec --dynamicPlugins load it (dlopen, then the
 // extern "C" getCreators / setLoggerFinder), and every plugin method that needs no GPU is checked
-// against the op contract and the functional core. enqueue needs a GPU and is not called.
+// against the op contract and the functional core. With --enqueue, the library is the plugin built over
+// the CPU-emulated kernels (polynl_trt_plugin_emulated) and enqueue runs on host buffers too.
 //
-//   test_polynl_trt_plugin <path/to/libpolynl_trt_plugin.so>
+//   test_polynl_trt_plugin <path/to/libpolynl_trt_plugin.so> [--enqueue]
 #include "check.h"
+#include "enqueue_check.h"
 #include <NvInferRuntime.h>
 
 #include "polynl_contract.h"
@@ -609,6 +611,20 @@ void testOutputShapes()
     CHECK(contains(logger.take(), "9 inputs"));
 }
 
+void testEnqueueOnEmulatedKernels()
+{
+    for (polynl::testing::EnqueueCase const& run : polynl::testing::enqueueCases())
+    {
+        std::string const mismatch = polynl::testing::enqueueMismatch(creator, run);
+        if (!mismatch.empty())
+        {
+            std::fprintf(stderr, "enqueue (%s, C'=%lld): %s\n%s", run.layout, static_cast<long long>(run.inner),
+                mismatch.c_str(), logger.take().c_str());
+        }
+        CHECK(mismatch.empty());
+    }
+}
+
 bool load(char const* path)
 {
     library.handle = dlopen(path, RTLD_NOW | RTLD_LOCAL);
@@ -635,15 +651,16 @@ bool load(char const* path)
 
 int main(int argc, char** argv)
 {
-    if (argc != 2 || !load(argv[1]))
+    bool const enqueue = argc == 3 && std::strcmp(argv[2], "--enqueue") == 0;
+    if ((argc != 2 && !enqueue) || !load(argv[1]))
     {
-        std::fprintf(stderr, "usage: %s <path/to/libpolynl_trt_plugin.so>\n", argv[0]);
+        std::fprintf(stderr, "usage: %s <path/to/libpolynl_trt_plugin.so> [--enqueue]\n", argv[0]);
         return 2;
     }
     LoggerFinder finder(&logger);
     library.setLoggerFinder(&finder);
 
-    std::vector<std::pair<char const*, void (*)()>> const cases = {
+    std::vector<std::pair<char const*, void (*)()>> cases = {
         {"library exports", testLibraryExports},
         {"creator matches the op contract", testCreatorContract},
         {"createPlugin and capability interfaces", testCreateAndCapabilities},
@@ -656,6 +673,10 @@ int main(int argc, char** argv)
         {"configurePlugin / onShapeChange errors", testShapeErrors},
         {"getOutputShapes through IExprBuilder", testOutputShapes},
     };
+    if (enqueue)
+    {
+        cases.emplace_back("enqueue on the CPU-emulated kernels", testEnqueueOnEmulatedKernels);
+    }
     int32_t passed = 0;
     for (auto const& [name, run] : cases)
     {
@@ -666,8 +687,9 @@ int main(int argc, char** argv)
         std::printf("[%s] %s\n", ok ? "PASS" : "FAIL", name);
     }
     library.setLoggerFinder(nullptr);
-    std::printf("plugin_host_test (TensorRT %d.%d.%d headers): %d/%zu cases passed, %d checks, %d failed\n",
-        NV_TENSORRT_MAJOR, NV_TENSORRT_MINOR, NV_TENSORRT_PATCH, passed, cases.size(), checks, failures);
+    std::printf("plugin_host_test (TensorRT %d.%d.%d headers%s): %d/%zu cases passed, %d checks, %d failed\n",
+        NV_TENSORRT_MAJOR, NV_TENSORRT_MINOR, NV_TENSORRT_PATCH, enqueue ? ", emulated kernels" : "", passed,
+        cases.size(), checks, failures);
     dlclose(library.handle);
     return failures == 0 ? 0 : 1;
 }
