@@ -61,6 +61,11 @@ def build(
     workspace_mib: Annotated[Optional[int], typer.Option("--workspace-mib", help="workspace limit")] = None,
     plugin: Annotated[Optional[Path], typer.Option(help="PolyNL plugin library (trt; default: "
                                                         "$POLYNL_PLUGIN_LIBRARY or plugins/build)")] = None,
+    version_compatible: Annotated[bool, typer.Option(
+        "--version-compatible",
+        help="trt: a plan later TensorRT versions run, with the plugin library inside")] = False,
+    exclude_lean_runtime: Annotated[bool, typer.Option(
+        "--exclude-lean-runtime", help="with --version-compatible: leave the lean runtime out of the plan")] = False,
 ):
     """Build a TensorRT engine from an exported ONNX file."""
     from polynl_deploy.tensorrt.builder import build_engine
@@ -70,7 +75,8 @@ def build(
     settings = BuildSettings(onnx_path, output, target=target, precision=precision, keep_io_fp32=keep_io_fp32,
                              shape_overrides=overrides, timing_cache=timing_cache,
                              workspace_bytes=workspace_mib * (1 << 20) if workspace_mib else None,
-                             sms=tuple(sm or (89,)), plugin_library=plugin)
+                             sms=tuple(sm or (89,)), plugin_library=plugin, version_compatible=version_compatible,
+                             exclude_lean_runtime=exclude_lean_runtime)
     result = build_engine(settings)
     meta = result.metadata
     where = ", ".join(meta["compute_capabilities"]) if "compute_capabilities" in meta else \

@@ -1,6 +1,8 @@
 """Builder, runner and CLI without TensorRT: clear errors, and ``polynl run`` on ONNX Runtime."""
 
 import sys
+from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -9,7 +11,7 @@ import typer
 from typer.testing import CliRunner
 
 from fixture_models import TokenNet, token_net
-from polynl_deploy.errors import BackendUnavailableError, ModelFileError
+from polynl_deploy.errors import BackendUnavailableError, BuildSettingsError, ModelFileError
 from polynl_deploy.export.exporter import export_onnx
 from polynl_deploy.tensorrt.builder import build_engine, import_tensorrt, resolve_plugin_library
 from polynl_deploy.tensorrt.settings import BuildSettings
@@ -101,3 +103,78 @@ def test_cli_build_rtx_with_shape_options(tokens_onnx, tmp_path):
     assert result.exit_code == 0, result.output
     assert plan.is_file() and "SM89, SM121" in result.output
     assert "opt [4, 32, 10], max [8, 64, 10]" in result.output
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"target": "rtx", "version_compatible": True}, "tied to the release"),
+    ({"exclude_lean_runtime": True}, "only applies to --version-compatible"),
+])
+def test_version_compatibility_settings_are_checked(tokens_onnx, tmp_path, overrides, message):
+    with pytest.raises(BuildSettingsError, match=message):
+        BuildSettings(tokens_onnx, tmp_path / "m.plan", **overrides)
+
+
+class RecordingConfig:
+    """What _configure sets on an IBuilderConfig (full TensorRT cannot be installed here)."""
+
+    def __init__(self):
+        self.flags, self.plugins_to_serialize = [], []
+
+    def add_optimization_profile(self, profile):
+        self.profile = profile
+
+    def set_flag(self, flag):
+        self.flags.append(flag)
+
+
+FAKE_TRT = SimpleNamespace(BuilderFlag=SimpleNamespace(VERSION_COMPATIBLE="VC", EXCLUDE_LEAN_RUNTIME="NO_LEAN"))
+FAKE_BUILDER = SimpleNamespace(create_optimization_profile=lambda: SimpleNamespace(set_shape=lambda *a: None))
+
+
+@pytest.mark.parametrize("vc, lean, flags, serialized", [
+    (False, False, [], []),
+    (True, False, ["VC"], ["lib.so"]),
+    (True, True, ["VC", "NO_LEAN"], ["lib.so"]),
+])
+def test_version_compatible_builds_serialize_the_plugin_library(tokens_onnx, tmp_path, vc, lean, flags, serialized):
+    from polynl_deploy.tensorrt.builder import _configure
+
+    settings = BuildSettings(tokens_onnx, tmp_path / "m.plan", version_compatible=vc, exclude_lean_runtime=lean)
+    config = RecordingConfig()
+    _configure(FAKE_TRT, FAKE_BUILDER, config, settings, [], Path("lib.so"))
+    assert config.flags == flags and config.plugins_to_serialize == serialized
+
+
+def test_runner_trusts_the_lean_runtime_of_a_version_compatible_plan(tmp_path, monkeypatch):
+    """A version-compatible plan loads its own plugin library and runs its own lean runtime."""
+    import json
+
+    from polynl_deploy.tensorrt import runner as runner_module
+
+    plan = tmp_path / "m.plan"
+    plan.write_bytes(b"plan")
+    (tmp_path / "m.plan.json").write_text(json.dumps({
+        "target": "trt", "plugin_library": "lib.so", "plugin_library_serialized": True,
+        "lean_runtime_embedded": True}))
+    runtimes, loaded = [], []
+
+    class Runtime:
+        def __init__(self, logger):
+            self.engine_host_code_allowed = False
+            runtimes.append(self)
+
+        def deserialize_cuda_engine(self, data):
+            return None
+
+    def logger(level):
+        return None
+
+    logger.WARNING = 2
+    fake = SimpleNamespace(__version__="10.x", Logger=logger, Runtime=Runtime)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(runner_module, "import_tensorrt", lambda target: fake)
+    monkeypatch.setattr(runner_module, "load_plugin_library", lambda trt, library: loaded.append(library))
+    with pytest.raises(ModelFileError, match="cannot deserialize"):
+        runner_module.TensorRTRunner(plan)
+    assert runtimes[0].engine_host_code_allowed and loaded == []
+

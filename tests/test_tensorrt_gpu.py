@@ -39,6 +39,22 @@ def test_plugin_engine_matches_eager_and_ort(exported, tmp_path):
     report.raise_for_failure()
 
 
+def test_version_compatible_engine_carries_the_plugin(exported, tmp_path):
+    """The plan holds the plugin library and a lean runtime: it runs with nothing loaded beforehand."""
+    from polynl_deploy.tensorrt.runner import TensorRTRunner
+    from polynl_deploy.validation import compare_runners, make_runner
+
+    onnx_path, model = exported
+    plan = tmp_path / "model.plan"
+    result = build_engine(BuildSettings(onnx_path, plan, target="trt", version_compatible=True))
+    meta = result.metadata
+    assert meta["version_compatible"] and meta["plugin_library_serialized"] and meta["lean_runtime_embedded"]
+    plain = build_engine(BuildSettings(onnx_path, tmp_path / "plain.plan", target="trt"))
+    assert result.engine_bytes > plain.engine_bytes  # the library and the lean runtime are inside
+    runners = {"eager": make_runner("eager", onnx_path, model), "trt": TensorRTRunner(plan)}
+    compare_runners(onnx_path, runners).raise_for_failure()
+
+
 @pytest.mark.parametrize("precision", ["fp16", "bf16"])
 def test_reduced_precision_engine_is_close_to_eager(exported, tmp_path, precision):
     from polynl_deploy import defaults

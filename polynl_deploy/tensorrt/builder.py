@@ -146,7 +146,8 @@ def _create_network(trt, builder):
     return builder.create_network(0 if flag is None else 1 << int(flag))
 
 
-def _configure(trt, builder, config, settings: BuildSettings, profiles: list[Profile]) -> None:
+def _configure(trt, builder, config, settings: BuildSettings, profiles: list[Profile],
+               plugin_library: Path | None) -> None:
     profile = builder.create_optimization_profile()
     for p in profiles:
         profile.set_shape(p.input, p.min, p.opt, p.max)
@@ -160,6 +161,14 @@ def _configure(trt, builder, config, settings: BuildSettings, profiles: list[Pro
     elif settings.timing_cache:
         cached = settings.timing_cache.read_bytes() if settings.timing_cache.is_file() else b""
         config.set_timing_cache(config.create_timing_cache(cached), False)
+    if settings.version_compatible:
+        # A later TensorRT runs the plan with its embedded lean runtime (unless excluded) and loads the
+        # plugin library serialized into it: the library links no libnvinfer, as that requires.
+        config.set_flag(trt.BuilderFlag.VERSION_COMPATIBLE)
+        if settings.exclude_lean_runtime:
+            config.set_flag(trt.BuilderFlag.EXCLUDE_LEAN_RUNTIME)
+        if plugin_library:
+            config.plugins_to_serialize = [str(plugin_library)]
 
 
 def _gpu_description() -> dict:
@@ -195,7 +204,7 @@ def build_engine(settings: BuildSettings) -> BuildResult:
         raise ModelFileError(f"{settings.onnx_path}: the TensorRT {trt.__version__} ONNX parser rejected the "
                              f"{graph_form} graph:\n  " + "\n  ".join(parse_errors(parser)))
     config = builder.create_builder_config()
-    _configure(trt, builder, config, settings, profiles)
+    _configure(trt, builder, config, settings, profiles, plugin_library)
 
     started = time.perf_counter()
     serialized = _build_with_progress(trt, builder, network, config, settings.show_progress)
@@ -223,6 +232,9 @@ def build_engine(settings: BuildSettings) -> BuildResult:
         "onnx_sha256": sha256_of(settings.onnx_path),
         "plugin_library": str(plugin_library) if plugin_library else None,
         "plugin_library_sha256": sha256_of(plugin_library) if plugin_library else None,
+        "version_compatible": settings.version_compatible,
+        "lean_runtime_embedded": settings.version_compatible and not settings.exclude_lean_runtime,
+        "plugin_library_serialized": settings.version_compatible and plugin_library is not None,
         "timing_cache": str(settings.timing_cache) if settings.timing_cache and settings.target == "trt" else None,
         "engine_bytes": plan.nbytes,
         "build_seconds": round(build_seconds, 3),

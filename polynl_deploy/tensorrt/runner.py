@@ -31,10 +31,14 @@ class TensorRTRunner(Runner):
         self.sidecar = read_sidecar(self.path)
         self.trt = trt = import_tensorrt(self.sidecar.get("target", "trt"))
         library = plugin_library or self.sidecar.get("plugin_library") or features.detect().plugin_library
-        if library and self.sidecar.get("target", "trt") == "trt":
+        # A version-compatible plan carries its plugin library and loads it itself.
+        if library and self.sidecar.get("target", "trt") == "trt" and not self.sidecar.get("plugin_library_serialized"):
             load_plugin_library(trt, Path(library))
         self._logger = trt.Logger(trt.Logger.WARNING)
         self._runtime = trt.Runtime(self._logger)
+        if self.sidecar.get("lean_runtime_embedded"):
+            # The plan runs its own lean runtime: host code from a plan this toolkit built (see the sidecar).
+            self._runtime.engine_host_code_allowed = True
         self.engine = self._runtime.deserialize_cuda_engine(self.path.read_bytes())
         if self.engine is None:
             raise ModelFileError(f"{self.path}: TensorRT {trt.__version__} cannot deserialize it (built with another "

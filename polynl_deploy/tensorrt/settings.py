@@ -38,6 +38,8 @@ class BuildSettings:
     workspace_bytes: int | None = None
     sms: tuple[int, ...] = (89,)       # rtx only
     plugin_library: Path | None = None  # trt only; defaults to features.detect().plugin_library
+    version_compatible: bool = False   # trt only: runs on later TensorRT versions; the plugin library goes in the plan
+    exclude_lean_runtime: bool = False  # with version_compatible: no lean runtime copy in the plan
     show_progress: bool = True
 
     def __post_init__(self) -> None:
@@ -64,6 +66,11 @@ class BuildSettings:
                 raise BuildSettingsError(f"TensorRT for RTX targets SMs {list(RTX_SMS)}; got {list(self.sms)}")
             if self.plugin_library is not None:
                 raise BuildSettingsError("target rtx builds plugin-free graphs; --plugin applies to target trt")
+            if self.version_compatible:
+                raise BuildSettingsError("TensorRT for RTX engines are tied to the release that built them; "
+                                         "--version-compatible applies to target trt")
+        if self.exclude_lean_runtime and not self.version_compatible:
+            raise BuildSettingsError("--exclude-lean-runtime only applies to --version-compatible builds")
 
     @property
     def sidecar_path(self) -> Path:
