@@ -114,6 +114,14 @@ def test_version_compatibility_settings_are_checked(tokens_onnx, tmp_path, overr
         BuildSettings(tokens_onnx, tmp_path / "m.plan", **overrides)
 
 
+def test_cli_refuses_version_compatible_rtx_builds(tokens_onnx, tmp_path):
+    from conftest import run_cli
+
+    result = run_cli("build", tokens_onnx, "-o", tmp_path / "m.plan", "--target", "rtx", "--version-compatible")
+    assert result.returncode != 0 and "tied to the release" in " ".join((result.stdout + result.stderr).split())
+    assert not (tmp_path / "m.plan").exists()
+
+
 class RecordingConfig:
     """What _configure sets on an IBuilderConfig (full TensorRT cannot be installed here)."""
 
