@@ -42,8 +42,8 @@ tests)
 bench)
     results="$(mktemp -d)"
     contenders=()
-    for name in polynl-naive-eager polynl-folded-eager polynl-cuda-fused-kernel polynl-tensorrt-plugin \
-        nonlocal-dot-product-eager nonlocal-embedded-gaussian-eager floor-torch floor-bandwidth; do
+    for name in polynl-naive-eager polynl-folded-eager polynl-cuda-fused-kernel nonlocal-dot-product-eager \
+        nonlocal-embedded-gaussian-eager floor-torch floor-bandwidth; do
         contenders+=(--contender "$name")
     done
     "$python" -m polynl_cli.app bench --gpu "${contenders[@]}" --output-dir "$results/bench-gpu" 2>&1 |
