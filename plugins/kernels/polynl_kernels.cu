@@ -408,6 +408,21 @@ constexpr int kTileCols = 64;
 constexpr int kTileDepth = 16;
 constexpr int kGemmThreads = 256;
 
+//! Origin of this block's output tile. blockIdx.x runs over the column tiles of one row tile first, so
+//! blocks that read the same rows of A run together and find them in L2.
+struct OutputTile
+{
+    int64_t rowBase;
+    int64_t colBase;
+
+    __device__ OutputTile(int64_t cols, int tileRows, int tileCols)
+    {
+        int64_t const colTiles = (cols + tileCols - 1) / tileCols;
+        rowBase = blockIdx.x / colTiles * tileRows;
+        colBase = blockIdx.x % colTiles * tileCols;
+    }
+};
+
 template <typename TA, typename Epilogue>
 __global__ void __launch_bounds__(kGemmThreads) gemmKernel(MatrixView<TA const> a, float const* aColumnScale,
     int64_t scaleBatchStride, MatrixView<float const> w, int64_t rows, int64_t cols, int64_t depth,
@@ -417,8 +432,7 @@ __global__ void __launch_bounds__(kGemmThreads) gemmKernel(MatrixView<TA const> 
     __shared__ float wTile[kTileDepth][kTileCols + 4];
 
     int64_t const b = blockIdx.z;
-    int64_t const rowBase = static_cast<int64_t>(blockIdx.x) * kTileRows;
-    int64_t const colBase = static_cast<int64_t>(blockIdx.y) * kTileCols;
+    auto const [rowBase, colBase] = OutputTile(cols, kTileRows, kTileCols);
     // Consecutive threads take consecutive rows when the output is contiguous along rows (maps).
     int const fast = threadIdx.x % 16;
     int const slow = threadIdx.x / 16;
@@ -802,10 +816,9 @@ __global__ void __launch_bounds__(kTensorThreads) tensorGemmKernel(MatrixView<T 
         __shared__ Shared shared;
 
         int64_t const b = blockIdx.z;
-        int64_t const rowBase = static_cast<int64_t>(blockIdx.x) * kTensorTile;
-        int64_t const colBase = static_cast<int64_t>(blockIdx.y) * kTensorTile;
         int64_t const depth = w.depth;
         int64_t const cols = w.cols;
+        auto const [rowBase, colBase] = OutputTile(cols, kTensorTile, kTensorTile);
         bool const aRowsContiguous = a.rowStride == 1;
         T const zero = fromFloat<T>(0.F);
         WarpStrip const strip;
@@ -915,7 +928,7 @@ void launchGemm(MatrixView<TA const> a, float const* aColumnScale, int64_t scale
     MatrixView<float const> w, int64_t batch, int64_t rows, int64_t cols, int64_t depth, bool outputRowsContiguous,
     Epilogue epilogue, cudaStream_t stream)
 {
-    dim3 const grid(ceilDiv(rows, kTileRows), ceilDiv(cols, kTileCols), static_cast<uint32_t>(batch));
+    dim3 const grid(ceilDiv(rows, kTileRows) * ceilDiv(cols, kTileCols), 1, static_cast<uint32_t>(batch));
     launchKernel(gemmKernel<TA, Epilogue>, grid, kGemmThreads, stream, a, aColumnScale, scaleBatchStride, w, rows,
         cols, depth, outputRowsContiguous, epilogue);
 }
@@ -1026,7 +1039,7 @@ void forwardFolded(core::Problem const& p, T const* x, T* y, Buffers const& buf,
                 kTensorThreads, stream, mixing, split);
             SplitMatrix<T const> const splitView{split.terms, split.exponents, c, c};
             dim3 const grid(
-                ceilDiv(p.positions, kTensorTile), ceilDiv(c, kTensorTile), static_cast<uint32_t>(p.batch));
+                ceilDiv(p.positions, kTensorTile) * ceilDiv(c, kTensorTile), 1, static_cast<uint32_t>(p.batch));
             launchKernel(tensorGemmKernel<T, ShiftEpilogue<T>>, grid, kTensorThreads, stream, xView, splitView,
                 p.positions, yView.rowStride == 1, output);
         }
