@@ -19,6 +19,12 @@ VALIDATION_SHAPE_SCALES = (1.0, 0.5, 1.5)
 UNFOLDED_MAX_RATIO = 0.25
 """The unfolded form is used when C' <= UNFOLDED_MAX_RATIO * C (cheaper than the Gram form)."""
 
+BODY_UNFOLDED_TOKENS_MIN_CHANNELS = 256
+"""The exported function body also computes token blocks with at least this many channels in the
+unfolded form. Measured on ONNX Runtime CPU (benchmarks/body_forms.py, C' = C/2): there it took
+0.11x to 0.84x the folded body's time at C = 256 and 1024 (N = 64 to 16384), while the folded body
+stayed faster for maps at N = 128^2 and at C = 64."""
+
 DEMO_MODEL = "polynl-marks-small"
 """The zoo model whose trained checkpoint ships with the toolkit; `polynl demo` runs on it."""
 

@@ -202,3 +202,28 @@ def test_failed_export_leaves_nothing(tmp_path):
         export_onnx(fixture_models.plain_net(), torch.randn(1, 3, 8, 8), path, mode="fast")
     with pytest.raises(ExportError, match="example_inputs"):
         export_onnx(fixture_models.plain_net(), [], path)
+
+
+def test_body_form_by_layout_and_width():
+    from polynl_deploy.nn import functional as F
+
+    assert [F.body_prefers_unfolded(layout, c, r) for layout, c, r in
+            (("tokens", 256, 128), ("tokens", 255, 128), ("maps", 1024, 512), ("maps", 256, 64), ("tokens", 64, 32))] \
+        == [True, False, False, True, False]
+
+
+@pytest.mark.parametrize("mode", ["custom-op", "standard-ops"])
+@pytest.mark.parametrize("block, shape, form", [(PolyNLTokens(256), (2, 40, 256), "unfolded"),
+                                                (PolyNL2d(256, norm=False), (1, 256, 6, 5), "folded")])
+def test_wide_token_blocks_export_the_unfolded_body(tmp_path, mode, block, shape, form):
+    block = randomize(block, seed=9)
+    path = tmp_path / "wide.onnx"
+    result = export_onnx(block, torch.randn(*shape), path, mode=mode)
+    assert [b.form for b in result.blocks] == [form]
+    if mode == "standard-ops":  # only the folded form reduces Wk * (S Wv) with ReduceSum
+        assert ("ReduceSum" in {n.op_type for n in onnx.load(str(path)).graph.node}) == (form == "folded")
+    for scale in (1, 3):
+        x = np.random.default_rng(10).standard_normal((shape[0], shape[1] * scale, *shape[2:]) if len(shape) == 3
+                                                      else shape).astype(np.float32)
+        expected = eager(block, x)  # |Y| reaches ~600 here: float32 round-off scales with it
+        np.testing.assert_allclose(ort_run(path, x), expected, atol=1e-5 * np.abs(expected).max(), rtol=1e-4)

@@ -18,7 +18,7 @@ from polynl_deploy.export.function_body import build_function
 from polynl_deploy.export.schema import register_schema
 from polynl_deploy.io import atomic_path
 from polynl_deploy.nn import POLYNL_BLOCKS
-from polynl_deploy.nn.functional import prefers_unfolded
+from polynl_deploy.nn.functional import body_prefers_unfolded
 
 Mode = Literal["custom-op", "standard-ops"]
 MODES = ("custom-op", "standard-ops")
@@ -75,7 +75,7 @@ def replace_blocks(model: nn.Module) -> tuple[nn.Module, list[BlockInfo]]:
     blocks: list[BlockInfo] = []
 
     def info(name: str, block: nn.Module) -> BlockInfo:
-        form = "unfolded" if prefers_unfolded(block.channels, block.inner_channels) else "folded"
+        form = "unfolded" if body_prefers_unfolded(block.layout, block.channels, block.inner_channels) else "folded"
         return BlockInfo(name or "<root>", block.layout, block.channels, block.inner_channels, form)
 
     if isinstance(model, POLYNL_BLOCKS):
@@ -206,7 +206,7 @@ def to_standard_ops(model: onnx.ModelProto) -> onnx.ModelProto:
         wq = initializers.get(node.input[1])
         if wq is None:
             raise ExportError(f"node {node.name!r}: Wq is not an initializer; cannot pick the body form")
-        unfolded = prefers_unfolded(wq.dims[0], wq.dims[1])
+        unfolded = body_prefers_unfolded(layout, wq.dims[0], wq.dims[1])
         name = f"{contract.OP_TYPE}_{layout}_{'unfolded' if unfolded else 'folded'}"
         if name not in specialized:
             specialized[name] = build_function(opset, layout, unfolded, name=name, domain=_INLINE_DOMAIN)

@@ -3,15 +3,16 @@
 Any ONNX runtime executes a PolyNL node through this body; TensorRT with the plugin
 loaded uses the plugin instead. The body branches (with If nodes whose conditions are
 constants once the weights are known, so runtimes fold them away) on the layout and on
-the cheaper form for the block's C'/C: the exact Gram ("folded") form, or the unfolded
-form when C' <= C/4. Statistics are accumulated in float32 whatever the input type.
+the cheaper form for the block (``nn.functional.body_prefers_unfolded``): the exact Gram
+("folded") form, or the unfolded form when C' <= C/4 and for token blocks with many channels.
+Statistics are accumulated in float32 whatever the input type.
 """
 
 import onnx
 from onnx import TensorProto, helper
 
 from polynl_deploy import contract
-from polynl_deploy.defaults import UNFOLDED_MAX_RATIO
+from polynl_deploy.defaults import BODY_UNFOLDED_TOKENS_MIN_CHANNELS, UNFOLDED_MAX_RATIO
 
 FLOAT = TensorProto.FLOAT
 
@@ -134,13 +135,15 @@ def _body(top: _Block, layout: str | None, unfolded: bool | None) -> tuple[str, 
     if unfolded is None:
         inner = top.op("Shape", "Wq", start=1, end=2)
         ratio = round(1 / UNFOLDED_MAX_RATIO)
-        use_unfolded = top.op("LessOrEqual", top.op("Mul", inner, top.const(ratio)), channels)
+        by_ratio = top.op("LessOrEqual", top.op("Mul", inner, top.const(ratio)), channels)
+        wide = top.op("GreaterOrEqual", channels, top.const(BODY_UNFOLDED_TOKENS_MIN_CHANNELS))
+        unfolded_for = {"m": by_ratio, "t": top.op("Or", by_ratio, wide)}
 
     def choose(b: _Block, prefix: str, unfolded_form, folded_form) -> tuple[str, str]:
         if unfolded is not None:
             return unfolded_form(b) if unfolded else folded_form(b)
         then_b, else_b = b.branch(prefix + "u_", unfolded_form), b.branch(prefix + "f_", folded_form)
-        return tuple(b.multi_op("If", 2, use_unfolded, then_branch=then_b.graph("unfolded"),
+        return tuple(b.multi_op("If", 2, unfolded_for[prefix], then_branch=then_b.graph("unfolded"),
                                 else_branch=else_b.graph("folded")))
 
     # Both layouts reshape X with C taken from the weights, so each branch is shape-consistent for any

@@ -6,7 +6,8 @@ Both forms return the pre-norm output projection P = ((X Wq + bq) * m) Wo + bo i
 
 from torch import Tensor
 
-from polynl_deploy.defaults import UNFOLDED_MAX_RATIO
+from polynl_deploy.contract import LAYOUT_TOKENS
+from polynl_deploy.defaults import BODY_UNFOLDED_TOKENS_MIN_CHANNELS, UNFOLDED_MAX_RATIO
 
 
 def poly_mean(x: Tensor, wk: Tensor, bk: Tensor, wv: Tensor, bv: Tensor) -> Tensor:
@@ -50,3 +51,10 @@ def folded(x: Tensor, wq: Tensor, bq: Tensor, wk: Tensor, bk: Tensor,
 def prefers_unfolded(channels: int, inner: int) -> bool:
     """True where computing K, V and the low-rank output beats the C x C Gram route."""
     return inner <= UNFOLDED_MAX_RATIO * channels
+
+
+def body_prefers_unfolded(layout: str, channels: int, inner: int) -> bool:
+    """The form of the exported ONNX function body: ``prefers_unfolded``, and token blocks with at
+    least BODY_UNFOLDED_TOKENS_MIN_CHANNELS channels."""
+    wide_tokens = layout == LAYOUT_TOKENS and channels >= BODY_UNFOLDED_TOKENS_MIN_CHANNELS
+    return prefers_unfolded(channels, inner) or wide_tokens
