@@ -137,13 +137,14 @@ def _body(top: _Block, layout: str | None, unfolded: bool | None) -> tuple[str, 
         ratio = round(1 / UNFOLDED_MAX_RATIO)
         by_ratio = top.op("LessOrEqual", top.op("Mul", inner, top.const(ratio)), channels)
         wide = top.op("GreaterOrEqual", channels, top.const(BODY_UNFOLDED_TOKENS_MIN_CHANNELS))
-        unfolded_for = {"m": by_ratio, "t": top.op("Or", by_ratio, wide)}
+        unfolded_for = {contract.LAYOUT_MAPS: by_ratio, contract.LAYOUT_TOKENS: top.op("Or", by_ratio, wide)}
 
-    def choose(b: _Block, prefix: str, unfolded_form, folded_form) -> tuple[str, str]:
+    def choose(b: _Block, block_layout: str, unfolded_form, folded_form) -> tuple[str, str]:
         if unfolded is not None:
             return unfolded_form(b) if unfolded else folded_form(b)
+        prefix = block_layout[0]
         then_b, else_b = b.branch(prefix + "u_", unfolded_form), b.branch(prefix + "f_", folded_form)
-        return tuple(b.multi_op("If", 2, unfolded_for[prefix], then_branch=then_b.graph("unfolded"),
+        return tuple(b.multi_op("If", 2, unfolded_for[block_layout], then_branch=then_b.graph("unfolded"),
                                 else_branch=else_b.graph("folded")))
 
     # Both layouts reshape X with C taken from the weights, so each branch is shape-consistent for any
@@ -157,13 +158,15 @@ def _body(top: _Block, layout: str | None, unfolded: bool | None) -> tuple[str, 
         # flatten (B, C, H, W) to (B, C, N) and back
         xr = b.op("Reshape", x, b.op("Concat", batch, channels, b.const(-1), axis=0))
         xr32 = b.op("Cast", xr, to=FLOAT)
-        return choose(b, "m", lambda c: _unfolded_maps(c, w, xr32, xr, alpha, x_alpha, restorer(c)),
+        return choose(b, contract.LAYOUT_MAPS,
+                      lambda c: _unfolded_maps(c, w, xr32, xr, alpha, x_alpha, restorer(c)),
                       lambda c: _folded_maps(c, w, xr32, xr, alpha, eye, restorer(c)))
 
     def tokens(b: _Block) -> tuple[str, str]:
         xt = b.op("Reshape", x, b.op("Concat", batch, b.const(-1), channels, axis=0))
         x32 = b.op("Cast", xt, to=FLOAT)
-        return choose(b, "t", lambda c: _unfolded_tokens(c, w, x32, xt, alpha, x_alpha, restorer(c)),
+        return choose(b, contract.LAYOUT_TOKENS,
+                      lambda c: _unfolded_tokens(c, w, x32, xt, alpha, x_alpha, restorer(c)),
                       lambda c: _folded_tokens(c, w, x32, xt, alpha, eye, restorer(c)))
 
     if layout is not None:

@@ -131,7 +131,8 @@ inline std::string enqueueMismatch(nvinfer1::IPluginCreatorV3One* creator, Enque
 {
     using namespace nvinfer1;
     PluginField const fields[] = {PluginField(contract::kAttrAlpha, &c.alpha, PluginFieldType::kFLOAT32, 1),
-        PluginField(contract::kAttrLayout, c.layout, PluginFieldType::kCHAR, static_cast<int32_t>(std::strlen(c.layout)))};
+        PluginField(
+            contract::kAttrLayout, c.layout, PluginFieldType::kCHAR, static_cast<int32_t>(std::strlen(c.layout)))};
     PluginFieldCollection const fc{2, fields};
     std::unique_ptr<IPluginV3> plugin(creator->createPlugin("block", &fc, TensorRTPhase::kRUNTIME));
     if (plugin == nullptr)
@@ -213,7 +214,8 @@ inline std::string enqueueMismatch(nvinfer1::IPluginCreatorV3One* creator, Enque
         double const allowed = epsilon * std::fabs(expected[i]) + 64 * 0x1p-24 * largest;
         if (!(std::fabs(got - expected[i]) <= allowed))
         {
-            return "Y[" + std::to_string(i) + "] = " + std::to_string(got) + ", expected " + std::to_string(expected[i]);
+            return "Y[" + std::to_string(i) + "] = " + std::to_string(got) + ", expected "
+                + std::to_string(expected[i]);
         }
     }
     return "";
