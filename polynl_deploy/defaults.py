@@ -19,6 +19,10 @@ VALIDATION_SHAPE_SCALES = (1.0, 0.5, 1.5)
 UNFOLDED_MAX_RATIO = 0.25
 """The unfolded form is used when C' <= UNFOLDED_MAX_RATIO * C (cheaper than the Gram form)."""
 
+FOLDED_FLOPS_MARGIN = (5, 4)
+"""Eager ``impl="auto"`` computes a call in the naive form once the folded form's flops exceed this
+fraction (5/4) of the naive form's (which moves more intermediate data), i.e. at few positions."""
+
 BODY_UNFOLDED_TOKENS_MIN_CHANNELS = 256
 """The exported function body also computes token blocks with at least this many channels in the
 unfolded form. Measured on ONNX Runtime CPU (benchmarks/body_forms.py, C' = C/2): there it took

@@ -107,3 +107,18 @@ def test_bad_constructor_arguments():
         PolyNL2d(8, impl="fast")
     with pytest.raises(ValueError, match="reduction"):
         PolyNL2d(2, reduction=4)
+
+
+def test_auto_takes_the_naive_form_for_calls_with_few_positions(monkeypatch):
+    """The folded form's C x C algebra (~4 C^2 C' flops, any N) makes it the costlier one at small N:
+    with C' = C/2 the switch is at N = 2C."""
+    block = PolyNLTokens(256)
+    assert [block.resolved_impl(n) for n in (None, 511, 512)] == ["folded", "naive", "folded"]
+    assert not F.folded_costs_more(1024, 512, 2048) and F.folded_costs_more(1024, 512, 2047)
+    assert PolyNL2d(64, reduction=4).resolved_impl(10 ** 6) == "naive"  # C' <= C/4 whatever N
+    calls, original = [], F.folded
+    monkeypatch.setattr(F, "folded", lambda *args, **kwargs: calls.append("folded") or original(*args, **kwargs))
+    with torch.no_grad():
+        block.eval()(torch.randn(1, 100, 256))
+        block(torch.randn(1, 600, 256))
+    assert calls == ["folded"]  # N = 100 ran naive, N = 600 folded

@@ -7,7 +7,7 @@ Both forms return the pre-norm output projection P = ((X Wq + bq) * m) Wo + bo i
 from torch import Tensor
 
 from polynl_deploy.contract import LAYOUT_TOKENS
-from polynl_deploy.defaults import BODY_UNFOLDED_TOKENS_MIN_CHANNELS, UNFOLDED_MAX_RATIO
+from polynl_deploy.defaults import BODY_UNFOLDED_TOKENS_MIN_CHANNELS, FOLDED_FLOPS_MARGIN, UNFOLDED_MAX_RATIO
 
 
 def poly_mean(x: Tensor, wk: Tensor, bk: Tensor, wv: Tensor, bv: Tensor) -> Tensor:
@@ -51,6 +51,14 @@ def folded(x: Tensor, wq: Tensor, bq: Tensor, wk: Tensor, bk: Tensor,
 def prefers_unfolded(channels: int, inner: int) -> bool:
     """True where computing K, V and the low-rank output beats the C x C Gram route."""
     return inner <= UNFOLDED_MAX_RATIO * channels
+
+
+def folded_costs_more(channels: int, inner: int, positions: int) -> bool:
+    """Whether the folded form's flops, 4 N C^2 (Gram matrix and output GEMM) + 4 C^2 C' (m and M, for
+    any N), exceed FOLDED_FLOPS_MARGIN times the naive form's 8 N C C' (projections and output)."""
+    num, den = FOLDED_FLOPS_MARGIN
+    folded = 4 * positions * channels ** 2 + 4 * channels ** 2 * inner
+    return den * folded > num * 8 * positions * channels * inner
 
 
 def body_prefers_unfolded(layout: str, channels: int, inner: int) -> bool:

@@ -65,10 +65,14 @@ class _PolyNLBase(nn.Module):
         shift = -norm.running_mean * scale + (norm.bias if norm.affine else 0.0)
         return scale, shift
 
-    def resolved_impl(self) -> str:
+    def resolved_impl(self, positions: int | None = None) -> str:
+        """The form a call computes. ``auto``: naive where C' <= C/4 and, given the call's N, where the
+        folded form's C x C algebra makes it cost more (``functional.folded_costs_more``)."""
         if self.impl != "auto":
             return self.impl
-        return "naive" if F.prefers_unfolded(self.channels, self.inner_channels) else "folded"
+        naive = F.prefers_unfolded(self.channels, self.inner_channels) or (
+            positions is not None and F.folded_costs_more(self.channels, self.inner_channels, positions))
+        return "naive" if naive else "folded"
 
     def _residual(self, x: Tensor, projected: Tensor) -> Tensor:
         """Y = alpha * X + beta * norm(P), P in the layout of X."""
@@ -105,7 +109,7 @@ class PolyNL2d(_PolyNLBase):
     def forward(self, x: Tensor) -> Tensor:
         if x.dim() != 4 or x.shape[1] != self.channels:
             raise ValueError(f"PolyNL2d expects (B, {self.channels}, H, W), got {tuple(x.shape)}")
-        if self.resolved_impl() == "naive":
+        if self.resolved_impl(x.shape[2] * x.shape[3]) == "naive":
             k, v = self.key(x), self.value(x)
             m = (k * v).mean(dim=(2, 3), keepdim=True)
             projected = self.out(self.query(x) * m)
@@ -139,7 +143,7 @@ class PolyNLTokens(_PolyNLBase):
     def forward(self, x: Tensor) -> Tensor:
         if x.dim() != 3 or x.shape[2] != self.channels:
             raise ValueError(f"PolyNLTokens expects (B, N, {self.channels}), got {tuple(x.shape)}")
-        if self.resolved_impl() == "naive":
+        if self.resolved_impl(x.shape[1]) == "naive":
             k, v = self.key(x), self.value(x)
             m = (k * v).mean(dim=1, keepdim=True)
             projected = self.out(self.query(x) * m)
