@@ -169,6 +169,27 @@ struct PositionSlice
     }
 };
 
+//! A Gram-kernel block: tile (blockIdx.x, blockIdx.y) of S, batch item and position slice from blockIdx.z.
+struct GramBlock
+{
+    bool mirrored; //!< below the diagonal: S is symmetric, the mirrored block writes this tile
+    bool diagonal;
+    int64_t baseI;
+    int64_t baseJ;
+    int64_t b;
+    PositionSlice slice;
+
+    __device__ GramBlock(int tile, int64_t positions, int32_t slices)
+        : mirrored(blockIdx.x > blockIdx.y)
+        , diagonal(blockIdx.x == blockIdx.y)
+        , baseI(static_cast<int64_t>(blockIdx.x) * tile)
+        , baseJ(static_cast<int64_t>(blockIdx.y) * tile)
+        , b(blockIdx.z / slices)
+        , slice(positions, slices, blockIdx.z % slices)
+    {
+    }
+};
+
 constexpr int kGramTile = 32;
 constexpr int kGramChunk = 32; // positions per shared-memory stage
 
@@ -198,29 +219,26 @@ template <typename T>
 __global__ void __launch_bounds__(kGramThreads) gramKernel(MatrixView<T const> x, int64_t positions,
     int64_t channels, int32_t slices, float invPositions, float* gram, float* mu)
 {
-    int32_t const tileI = blockIdx.x;
-    int32_t const tileJ = blockIdx.y;
-    if (tileI > tileJ)
+    GramBlock const block(kGramTile, positions, slices);
+    if (block.mirrored)
     {
-        return; // S is symmetric: the mirrored block writes this tile.
+        return;
     }
-    int64_t const b = blockIdx.z / slices;
-    auto const [begin, end] = PositionSlice(positions, slices, blockIdx.z % slices);
+    auto const [begin, end] = block.slice;
+    int64_t const b = block.b;
 
     __shared__ float xi[kGramChunk][kGramTile + 1];
     __shared__ float xj[kGramChunk][kGramTile + 1];
 
     int const tx = threadIdx.x % 16;
     int const ty = threadIdx.x / 16;
-    int64_t const baseI = static_cast<int64_t>(tileI) * kGramTile;
-    int64_t const baseJ = static_cast<int64_t>(tileJ) * kGramTile;
-    bool const diagonal = tileI == tileJ;
 
     float acc[2][2] = {{0.F, 0.F}, {0.F, 0.F}};
     float columnSum[2] = {0.F, 0.F};
     for (int64_t n0 = begin; n0 < end; n0 += kGramChunk)
     {
-        stageGramChunk<kGramChunk, kGramTile, kGramThreads>(x, b, n0, end, channels, baseI, baseJ, xi, xj);
+        stageGramChunk<kGramChunk, kGramTile, kGramThreads>(
+            x, b, n0, end, channels, block.baseI, block.baseJ, xi, xj);
         __syncthreads();
 #pragma unroll 8
         for (int p = 0; p < kGramChunk; ++p)
@@ -233,7 +251,7 @@ __global__ void __launch_bounds__(kGramThreads) gramKernel(MatrixView<T const> x
             acc[0][1] += a0 * b1;
             acc[1][0] += a1 * b0;
             acc[1][1] += a1 * b1;
-            if (diagonal && ty == 0)
+            if (block.diagonal && ty == 0)
             {
                 columnSum[0] += b0;
                 columnSum[1] += b1;
@@ -247,24 +265,24 @@ __global__ void __launch_bounds__(kGramThreads) gramKernel(MatrixView<T const> x
     {
         for (int c = 0; c < 2; ++c)
         {
-            int64_t const i = baseI + ty + 16 * a;
-            int64_t const j = baseJ + tx + 16 * c;
+            int64_t const i = block.baseI + ty + 16 * a;
+            int64_t const j = block.baseJ + tx + 16 * c;
             if (i < channels && j < channels)
             {
                 float const value = acc[a][c] * invPositions;
                 atomicAdd(&s[i * channels + j], value);
-                if (!diagonal)
+                if (!block.diagonal)
                 {
                     atomicAdd(&s[j * channels + i], value);
                 }
             }
         }
     }
-    if (diagonal && ty == 0)
+    if (block.diagonal && ty == 0)
     {
         for (int c = 0; c < 2; ++c)
         {
-            int64_t const j = baseJ + tx + 16 * c;
+            int64_t const j = block.baseJ + tx + 16 * c;
             if (j < channels)
             {
                 atomicAdd(&mu[b * channels + j], columnSum[c] * invPositions);
@@ -371,9 +389,7 @@ __global__ void __launch_bounds__(kMeansColumns* kMeansRows) tokenMeansKernel(fl
 {
     int64_t const j = blockIdx.x * static_cast<int64_t>(kMeansColumns) + threadIdx.x;
     int64_t const b = blockIdx.y;
-    int64_t const perSlice = (positions + slices - 1) / slices;
-    int64_t const begin = blockIdx.z * perSlice;
-    int64_t const end = min(positions, begin + perSlice);
+    auto const [begin, end] = PositionSlice(positions, slices, blockIdx.z);
     float const* item = kv + b * positions * 2 * inner;
 
     float acc = 0.F;
@@ -652,14 +668,13 @@ __global__ void __launch_bounds__(kTensorThreads) tensorGramKernel(MatrixView<T 
 {
     if constexpr (wmmaCompiled<T>())
     {
-        int32_t const tileI = blockIdx.x;
-        int32_t const tileJ = blockIdx.y;
-        if (tileI > tileJ)
+        GramBlock const block(kTensorTile, positions, slices);
+        if (block.mirrored)
         {
-            return; // S is symmetric: the mirrored block writes this tile.
+            return;
         }
-        int64_t const b = blockIdx.z / slices;
-        auto const [begin, end] = PositionSlice(positions, slices, blockIdx.z % slices);
+        auto const [begin, end] = block.slice;
+        int64_t const b = block.b;
 
         struct Shared
         {
@@ -669,9 +684,6 @@ __global__ void __launch_bounds__(kTensorThreads) tensorGramKernel(MatrixView<T 
         };
         __shared__ Shared shared;
 
-        int64_t const baseI = static_cast<int64_t>(tileI) * kTensorTile;
-        int64_t const baseJ = static_cast<int64_t>(tileJ) * kTensorTile;
-        bool const diagonal = tileI == tileJ;
         WarpStrip const strip;
 
         Accumulator acc[2];
@@ -681,7 +693,7 @@ __global__ void __launch_bounds__(kTensorThreads) tensorGramKernel(MatrixView<T 
         for (int64_t n0 = begin; n0 < end; n0 += kTensorDepth)
         {
             stageGramChunk<kTensorDepth, kTensorTile, kTensorThreads>(
-                x, b, n0, end, channels, baseI, baseJ, shared.xi, shared.xj);
+                x, b, n0, end, channels, block.baseI, block.baseJ, shared.xi, shared.xj);
             __syncthreads();
             for (int k = 0; k < kTensorDepth; k += kMma)
             {
@@ -694,7 +706,7 @@ __global__ void __launch_bounds__(kTensorThreads) tensorGramKernel(MatrixView<T 
                     wmma::mma_sync(acc[f], xiT, xj, acc[f]);
                 }
             }
-            if (diagonal && threadIdx.x < kTensorTile)
+            if (block.diagonal && threadIdx.x < kTensorTile)
             {
                 for (int p = 0; p < kTensorDepth; ++p)
                 {
@@ -709,21 +721,21 @@ __global__ void __launch_bounds__(kTensorThreads) tensorGramKernel(MatrixView<T 
         float* s = gram + b * channels * channels;
         for (int e = threadIdx.x; e < kTensorTile * kTensorTile; e += kTensorThreads)
         {
-            int64_t const i = baseI + e / kTensorTile;
-            int64_t const j = baseJ + e % kTensorTile;
+            int64_t const i = block.baseI + e / kTensorTile;
+            int64_t const j = block.baseJ + e % kTensorTile;
             if (i < channels && j < channels)
             {
                 float const value = shared.out[e / kTensorTile][e % kTensorTile] * invPositions;
                 atomicAdd(&s[i * channels + j], value);
-                if (!diagonal)
+                if (!block.diagonal)
                 {
                     atomicAdd(&s[j * channels + i], value);
                 }
             }
         }
-        if (diagonal && threadIdx.x < kTensorTile && baseJ + threadIdx.x < channels)
+        if (block.diagonal && threadIdx.x < kTensorTile && block.baseJ + threadIdx.x < channels)
         {
-            atomicAdd(&mu[b * channels + baseJ + threadIdx.x], columnSum * invPositions);
+            atomicAdd(&mu[b * channels + block.baseJ + threadIdx.x], columnSum * invPositions);
         }
     }
 }
