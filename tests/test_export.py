@@ -11,10 +11,12 @@ from onnx.reference import ReferenceEvaluator
 
 import fixture_models
 from conftest import randomize
-from polynl_deploy import contract, export_onnx
+from polynl_deploy import contract, defaults, export_onnx
 from polynl_deploy.errors import ExportError
+from polynl_deploy.export.function_body import build_function
 from polynl_deploy.export.schema import register_schema
 from polynl_deploy.nn import PolyNL2d, PolyNLTokens
+from polynl_deploy.nn import functional as F
 
 
 def ort_run(path, x: np.ndarray) -> np.ndarray:
@@ -175,6 +177,37 @@ def test_static_export_fixes_shapes(tmp_path):
     assert dims == [2, 3, 10, 14]
     x = np.random.default_rng(7).standard_normal((2, 3, 10, 14)).astype(np.float32)
     np.testing.assert_allclose(ort_run(path, x), eager(model, x), atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("channels", [2, 5, 9, 16])
+def test_triangle_gram_body_matches_eager(tmp_path, channels):
+    """X X^T from X0 X^T and X1 X1^T, split at C - C//2, for even and odd C (forced below the threshold)."""
+    block = randomize(PolyNL2d(channels, norm=False), seed=channels)
+    assert not F.prefers_unfolded(block.channels, block.inner_channels)
+    path = tmp_path / "block.onnx"
+    export_onnx(block, torch.randn(2, channels, 5, 6), path)
+    proto = onnx.load(str(path))
+    del proto.functions[:]
+    proto.functions.append(build_function(defaults.OPSET, contract.LAYOUT_MAPS, False, triangle_gram=True))
+    onnx.save(proto, str(path))
+    x = np.random.default_rng(channels).standard_normal((3, channels, 4, 7)).astype(np.float32)
+    np.testing.assert_allclose(ort_run(path, x), eager(block, x), atol=1e-5, rtol=1e-4)
+    (y,) = ReferenceEvaluator(str(path)).run(None, {"x": x})
+    np.testing.assert_allclose(y, eager(block, x), atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("mode", ["custom-op", "standard-ops"])
+@pytest.mark.parametrize("channels", [defaults.BODY_TRIANGLE_GRAM_MIN_CHANNELS // 2, defaults.BODY_TRIANGLE_GRAM_MIN_CHANNELS])
+def test_gram_form_either_side_of_its_threshold_matches_eager(tmp_path, mode, channels):
+    assert F.body_prefers_triangle_gram(channels) == (channels >= defaults.BODY_TRIANGLE_GRAM_MIN_CHANNELS)
+    block = randomize(PolyNL2d(channels), seed=3)
+    path = tmp_path / "block.onnx"
+    export_onnx(block, torch.randn(1, channels, 6, 6), path, mode=mode)
+    x = np.random.default_rng(3).standard_normal((2, channels, 5, 9)).astype(np.float32)
+    with torch.no_grad():
+        reference = block.double()(torch.from_numpy(x).double()).numpy()
+    # outputs reach ~100 here: compare with float64 eager within a few float32 ulps of that scale
+    np.testing.assert_allclose(ort_run(path, x), reference, atol=1e-6 * np.abs(reference).max(), rtol=1e-4)
 
 
 @pytest.mark.parametrize("block,shape", [(PolyNL2d(8), (2, 8, 5, 6)), (PolyNLTokens(8, reduction=4), (2, 5, 8))])

@@ -11,9 +11,11 @@ import torch
 
 from fixture_models import TokenNet, TwoBlockNet, token_net, two_block_net
 from polynl_deploy import contract
+from polynl_deploy.defaults import BODY_TRIANGLE_GRAM_MIN_CHANNELS
 from polynl_deploy.errors import ModelFileError
 from polynl_deploy.export.exporter import export_onnx
 from polynl_deploy.io import sha256_of
+from polynl_deploy.nn import PolyNL2d
 from polynl_deploy.tensorrt.builder import GRAPH_FUNCTION_BODY, build_engine
 from polynl_deploy.tensorrt.settings import BuildSettings, ShapeOverride
 
@@ -28,6 +30,10 @@ def exported(tmp_path_factory):
                                  ("tokens", token_net, TokenNet.default_input_shape)):
         paths[name] = folder / f"{name}.onnx"
         export_onnx(factory(), torch.randn(*shape), paths[name])
+    # one block wide enough for the body's triangle-Gram branch
+    paths["wide_maps"] = folder / "wide_maps.onnx"
+    wide = BODY_TRIANGLE_GRAM_MIN_CHANNELS
+    export_onnx(PolyNL2d(wide).eval(), torch.randn(1, wide, 8, 8), paths["wide_maps"])
     return paths
 
 
@@ -68,7 +74,12 @@ def test_rtx_builds_with_progress_bar(exported, tmp_path):
     assert result.engine_bytes > 0
 
 
-@pytest.mark.parametrize("layout", ["maps", "tokens"])
+def test_rtx_builds_the_triangle_gram_body(exported, tmp_path):
+    result = rtx_build(exported["wide_maps"], tmp_path / "wide.plan", sms=(89,))
+    assert result.engine_bytes > 100_000 and result.metadata["polynl_nodes"] == 1
+
+
+@pytest.mark.parametrize("layout", ["maps", "tokens", "wide_maps"])
 def test_rtx_parser_imports_the_function_body(exported, layout):
     """Without a registered plugin creator the parser imports each PolyNL node's function body."""
     import tensorrt_rtx_bindings as trt

@@ -18,7 +18,7 @@ from polynl_deploy.export.function_body import build_function
 from polynl_deploy.export.schema import register_schema
 from polynl_deploy.io import atomic_path
 from polynl_deploy.nn import POLYNL_BLOCKS
-from polynl_deploy.nn.functional import body_prefers_unfolded
+from polynl_deploy.nn.functional import body_prefers_triangle_gram, body_prefers_unfolded
 
 Mode = Literal["custom-op", "standard-ops"]
 MODES = ("custom-op", "standard-ops")
@@ -207,9 +207,11 @@ def to_standard_ops(model: onnx.ModelProto) -> onnx.ModelProto:
         if wq is None:
             raise ExportError(f"node {node.name!r}: Wq is not an initializer; cannot pick the body form")
         unfolded = body_prefers_unfolded(layout, wq.dims[0], wq.dims[1])
-        name = f"{contract.OP_TYPE}_{layout}_{'unfolded' if unfolded else 'folded'}"
+        triangle_gram = body_prefers_triangle_gram(wq.dims[0])
+        name = f"{contract.OP_TYPE}_{layout}_{'unfolded' if unfolded else 'folded'}{'_triangle' * triangle_gram}"
         if name not in specialized:
-            specialized[name] = build_function(opset, layout, unfolded, name=name, domain=_INLINE_DOMAIN)
+            specialized[name] = build_function(opset, layout, unfolded, name=name, domain=_INLINE_DOMAIN,
+                                               triangle_gram=triangle_gram)
         node.op_type, node.domain = name, _INLINE_DOMAIN
     del model.functions[:]
     model.functions.extend(specialized.values())

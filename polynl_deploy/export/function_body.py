@@ -5,6 +5,8 @@ loaded uses the plugin instead. The body branches (with If nodes whose condition
 constants once the weights are known, so runtimes fold them away) on the layout and on
 the cheaper form for the block (``nn.functional.body_prefers_unfolded``): the exact Gram
 ("folded") form, or the unfolded form when C' <= C/4 and for token blocks with many channels.
+The folded maps form of wide blocks computes only the upper block triangle of the symmetric Gram
+matrix (``nn.functional.body_prefers_triangle_gram``).
 Statistics are accumulated in float32 whatever the input type.
 """
 
@@ -12,7 +14,8 @@ import onnx
 from onnx import TensorProto, helper
 
 from polynl_deploy import contract
-from polynl_deploy.defaults import BODY_UNFOLDED_TOKENS_MIN_CHANNELS, UNFOLDED_MAX_RATIO
+from polynl_deploy.defaults import (BODY_TRIANGLE_GRAM_MIN_CHANNELS, BODY_UNFOLDED_TOKENS_MIN_CHANNELS,
+                                    UNFOLDED_MAX_RATIO)
 
 FLOAT = TensorProto.FLOAT
 
@@ -71,8 +74,24 @@ def _mixing(b: _Block, gram: str, mean: str, w: dict[str, str], alpha: str, eye:
     return mixing, shift
 
 
-def _folded_maps(b: _Block, w, x32, xr, alpha, eye, restore) -> tuple[str, str]:
-    gram_sum = b.op("MatMul", x32, b.op("Transpose", x32, perm=[0, 2, 1]))
+def _triangle_gram_sum_maps(b: _Block, x32: str, channels: str) -> str:
+    """X X^T (B,C,C) of X (B,C,N) from its upper block triangle: 3/4 of the full product's flops.
+
+    With X = [X0; X1] split at h0 = C - C//2: the top rows X0 X^T and the corner X1 X1^T are
+    computed, the bottom-left block is the transpose of the top-right one.
+    """
+    h0 = b.op("Sub", channels, b.op("Div", channels, b.const(2)))
+    axis_c, axis_c2 = b.const(1), b.const(2)
+    top_x = b.op("Slice", x32, b.const(0), h0, axis_c)
+    bottom_x = b.op("Slice", x32, h0, channels, axis_c)
+    top = b.op("MatMul", top_x, b.op("Transpose", x32, perm=[0, 2, 1]))
+    corner = b.op("MatMul", bottom_x, b.op("Transpose", bottom_x, perm=[0, 2, 1]))
+    top_right = b.op("Slice", top, h0, channels, axis_c2)
+    bottom = b.op("Concat", b.op("Transpose", top_right, perm=[0, 2, 1]), corner, axis=2)
+    return b.op("Concat", top, bottom, axis=1)
+
+
+def _folded_maps(b: _Block, w, x32, xr, alpha, eye, restore, gram_sum) -> tuple[str, str]:
     n = b.op("Cast", b.op("Shape", x32, start=2, end=3), to=FLOAT)
     gram = b.op("Div", gram_sum, n)
     mean = b.op("ReduceMean", x32, b.const(2), keepdims=0)
@@ -118,8 +137,9 @@ def _unfolded_tokens(b: _Block, w, x32, x, alpha, x_dtype_alpha, restore) -> tup
     return restore(main), b.op("CastLike", w["bo"], x)
 
 
-def _body(top: _Block, layout: str | None, unfolded: bool | None) -> tuple[str, str]:
-    """Nodes of the block into ``top``; None for layout/unfolded means: decide at run time with If.
+def _body(top: _Block, layout: str | None, unfolded: bool | None,
+          triangle_gram: bool | None) -> tuple[str, str]:
+    """Nodes of the block into ``top``; None for a choice means: decide at run time with If.
 
     Returns the output without its bias, already in the shape of X, and the bias (``shift``) that
     broadcasts against it: the caller's final Add then writes Y directly. Ending on the Reshape
@@ -154,13 +174,26 @@ def _body(top: _Block, layout: str | None, unfolded: bool | None) -> tuple[str, 
     def restorer(b: _Block):
         return lambda value: b.op("Reshape", value, b.op("Shape", x))
 
+    def gram_sum(b: _Block, xr32: str) -> str:
+        def triangle(c: _Block) -> list[str]:
+            return [_triangle_gram_sum_maps(c, xr32, channels)]
+
+        def full(c: _Block) -> list[str]:
+            return [c.op("MatMul", xr32, c.op("Transpose", xr32, perm=[0, 2, 1]))]
+
+        if triangle_gram is not None:
+            return (triangle if triangle_gram else full)(b)[0]
+        wide = b.op("GreaterOrEqual", channels, b.const(BODY_TRIANGLE_GRAM_MIN_CHANNELS))
+        return b.op("If", wide, then_branch=b.branch("gt_", triangle).graph("triangle"),
+                    else_branch=b.branch("gf_", full).graph("full"))
+
     def maps(b: _Block) -> tuple[str, str]:
         # flatten (B, C, H, W) to (B, C, N) and back
         xr = b.op("Reshape", x, b.op("Concat", batch, channels, b.const(-1), axis=0))
         xr32 = b.op("Cast", xr, to=FLOAT)
         return choose(b, contract.LAYOUT_MAPS,
                       lambda c: _unfolded_maps(c, w, xr32, xr, alpha, x_alpha, restorer(c)),
-                      lambda c: _folded_maps(c, w, xr32, xr, alpha, eye, restorer(c)))
+                      lambda c: _folded_maps(c, w, xr32, xr, alpha, eye, restorer(c), gram_sum(c, xr32)))
 
     def tokens(b: _Block) -> tuple[str, str]:
         xt = b.op("Reshape", x, b.op("Concat", batch, b.const(-1), channels, axis=0))
@@ -182,14 +215,16 @@ def _body(top: _Block, layout: str | None, unfolded: bool | None) -> tuple[str, 
 
 
 def build_function(opset: int, layout: str | None = None, unfolded: bool | None = None,
-                   name: str = contract.OP_TYPE, domain: str = contract.DOMAIN) -> onnx.FunctionProto:
+                   name: str = contract.OP_TYPE, domain: str = contract.DOMAIN,
+                   triangle_gram: bool | None = None) -> onnx.FunctionProto:
     """FunctionProto polynl::PolyNL(X, Wq, bq, Wk, bk, Wv, bv, Wo, bo) -> Y with attributes alpha, layout.
 
-    Without ``layout``/``unfolded`` the body serves every block (If nodes decide); with them it is
-    specialized for one block and holds no If (used to inline blocks into standard ops).
+    Without ``layout``/``unfolded``/``triangle_gram`` the body serves every block (If nodes decide);
+    with them it is specialized for one block and holds no If (used to inline blocks into standard
+    ops, and by ``benchmarks/body_forms.py`` to time each form).
     """
     top = _Block("")
-    main, shift = _body(top, layout, unfolded)
+    main, shift = _body(top, layout, unfolded, triangle_gram)
     top.nodes.append(helper.make_node("Add", [main, shift], [contract.OUTPUT_NAMES[0]]))
     return helper.make_function(
         domain, name, list(contract.INPUT_NAMES), list(contract.OUTPUT_NAMES),

@@ -7,7 +7,8 @@ Both forms return the pre-norm output projection P = ((X Wq + bq) * m) Wo + bo i
 from torch import Tensor
 
 from polynl_deploy.contract import LAYOUT_TOKENS
-from polynl_deploy.defaults import BODY_UNFOLDED_TOKENS_MIN_CHANNELS, FOLDED_FLOPS_MARGIN, UNFOLDED_MAX_RATIO
+from polynl_deploy.defaults import (BODY_TRIANGLE_GRAM_MIN_CHANNELS, BODY_UNFOLDED_TOKENS_MIN_CHANNELS,
+                                    FOLDED_FLOPS_MARGIN, UNFOLDED_MAX_RATIO)
 
 
 def poly_mean(x: Tensor, wk: Tensor, bk: Tensor, wv: Tensor, bv: Tensor) -> Tensor:
@@ -66,3 +67,8 @@ def body_prefers_unfolded(layout: str, channels: int, inner: int) -> bool:
     least BODY_UNFOLDED_TOKENS_MIN_CHANNELS channels."""
     wide_tokens = layout == LAYOUT_TOKENS and channels >= BODY_UNFOLDED_TOKENS_MIN_CHANNELS
     return prefers_unfolded(channels, inner) or wide_tokens
+
+
+def body_prefers_triangle_gram(channels: int) -> bool:
+    """Whether the exported folded maps body builds X X^T from its upper block triangle."""
+    return channels >= BODY_TRIANGLE_GRAM_MIN_CHANNELS
