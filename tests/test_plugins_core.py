@@ -36,8 +36,8 @@ def reference(tmp_path_factory):
     lib.polynl_reference_forward.argtypes = [i64, i64, i64, i64, i32, i32, ctypes.c_float,
                                              double_p, ctypes.POINTER(double_p), double_p]
     lib.polynl_reference_forward.restype = i32
-    lib.polynl_reference_prefers_unfolded.argtypes = [i64, i64]
-    lib.polynl_reference_prefers_unfolded.restype = i32
+    lib.polynl_reference_choose_path.argtypes = [i64, i64, i64]
+    lib.polynl_reference_choose_path.restype = i32
     lib.polynl_reference_validate_shapes.argtypes = [ctypes.POINTER(i32), ctypes.POINTER(i64), i32]
     lib.polynl_reference_validate_shapes.restype = i32
     lib.polynl_reference_last_error.restype = ctypes.c_char_p
@@ -116,10 +116,19 @@ def test_reference_matches_torch_functional(reference):
 
 
 def test_path_choice_matches_python(reference):
+    """The kernels' AUTO rule (core::choosePath) is eager impl="auto"'s (F.prefers_naive), N unknown or given."""
+    unknown = -1
     for channels in range(1, 70):
         for inner in range(1, channels + 1):
-            assert bool(reference.polynl_reference_prefers_unfolded(channels, inner)) == \
+            assert reference.polynl_reference_choose_path(channels, inner, unknown) == \
                 F.prefers_unfolded(channels, inner), (channels, inner)
+            for positions in (0, 1, channels, 2 * channels - 1, 2 * channels, 3 * channels, 10 ** 6):
+                assert reference.polynl_reference_choose_path(channels, inner, positions) == \
+                    F.prefers_naive(channels, inner, positions), (channels, inner, positions)
+    for channels, inner in ((768, 384), (1024, 512), (4096, 2048)):
+        for positions in range(2 * channels - 3, 2 * channels + 3):
+            assert reference.polynl_reference_choose_path(channels, inner, positions) == \
+                F.prefers_naive(channels, inner, positions) == (positions < 2 * channels)
 
 
 def validate(lib, shapes, layout):

@@ -189,13 +189,15 @@ def test_tensor_core_scales_per_batch_item(by_compute_capability, x_dtype):
 
 
 def test_auto_path(kernels):
-    """AUTO takes the unfolded path exactly when C' <= C/4 (as polynl_deploy does) and computes the very
-    same Y as that path."""
-    for channels, inner, expected in ((64, 16, UNFOLDED), (64, 17, FOLDED), (13, 3, UNFOLDED), (13, 4, FOLDED)):
-        reply = kernels.call("resolve_path", desc=(1, channels, inner, 10, MAPS, FLOAT32, FLOAT32, AUTO, 1.0))
+    """AUTO takes the unfolded path where eager impl="auto" computes the naive form (C' <= C/4, or few
+    positions N) and computes the very same Y as that path."""
+    for channels, inner, positions, expected in ((64, 16, 10 ** 6, UNFOLDED), (64, 32, 127, UNFOLDED),
+                                                 (64, 32, 128, FOLDED), (64, 17, 10 ** 6, UNFOLDED),
+                                                 (13, 4, 10, UNFOLDED), (13, 6, 39, FOLDED), (13, 6, 38, UNFOLDED)):
+        reply = kernels.call("resolve_path", desc=(1, channels, inner, positions, MAPS, FLOAT32, FLOAT32, AUTO, 1.0))
         assert (reply["status"], reply["path"]) == (SUCCESS, expected)
-        assert F.prefers_unfolded(channels, inner) == (expected == UNFOLDED)
-    for case, expected in ((SMALL, FOLDED), (CASES[2], UNFOLDED)):
+        assert F.prefers_naive(channels, inner, positions) == (expected == UNFOLDED)
+    for case, expected in (((2, 13, 6, (5, 8)), FOLDED), (CASES[2], UNFOLDED), ((2, 13, 6, (5, 2)), UNFOLDED)):
         x, weights = make_inputs(case, TOKENS, torch.float16, torch.float32)
         assert kernels.call("resolve_path", desc=describe(x, weights, TOKENS, AUTO))["path"] == expected
         assert torch.equal(run(kernels, x, weights, TOKENS, AUTO), run(kernels, x, weights, TOKENS, expected))

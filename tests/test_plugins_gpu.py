@@ -65,9 +65,10 @@ def test_float32_weights_with_reduced_precision_x(kernels, dtype):
 
 
 def test_auto_path_follows_threshold(kernels):
-    for channels, inner, expected in ((64, 16, UNFOLDED), (64, 17, FOLDED), (64, 32, FOLDED)):
-        assert F.prefers_unfolded(channels, inner) == (expected == UNFOLDED)
-        desc = Desc(1, channels, inner, 10, MAPS, 0, 0, AUTO, 1.0)
+    for channels, inner, positions, expected in ((64, 16, 4096, UNFOLDED), (64, 32, 127, UNFOLDED),
+                                                 (64, 32, 128, FOLDED), (64, 17, 4096, UNFOLDED)):
+        assert F.prefers_naive(channels, inner, positions) == (expected == UNFOLDED)
+        desc = Desc(1, channels, inner, positions, MAPS, 0, 0, AUTO, 1.0)
         path = ctypes.c_int32()
         assert kernels.abi.polynl_resolve_path(ctypes.byref(desc), ctypes.byref(path)) == 0
         assert path.value == expected

@@ -207,9 +207,21 @@ bool prefersUnfolded(int64_t channels, int64_t inner)
     return static_cast<double>(inner) <= kUnfoldedMaxRatio * static_cast<double>(channels);
 }
 
-Path choosePath(int64_t channels, int64_t inner)
+bool foldedCostsMore(int64_t channels, int64_t inner, int64_t positions)
 {
-    return prefersUnfolded(channels, inner) ? Path::kUnfolded : Path::kFolded;
+    // den (4 N C^2 + 4 C^2 C') > num 8 N C C', divided by 4 C; in double, exact below 2^53.
+    auto const c = static_cast<double>(channels);
+    auto const r = static_cast<double>(inner);
+    auto const n = static_cast<double>(positions);
+    auto const num = static_cast<double>(kFoldedFlopsMarginNum);
+    auto const den = static_cast<double>(kFoldedFlopsMarginDen);
+    return den * c * (n + r) > 2.0 * num * n * r;
+}
+
+Path choosePath(int64_t channels, int64_t inner, int64_t positions)
+{
+    bool const fewPositions = positions != kUnknown && foldedCostsMore(channels, inner, positions);
+    return prefersUnfolded(channels, inner) || fewPositions ? Path::kUnfolded : Path::kFolded;
 }
 
 WorkspaceLayout workspaceLayout(Problem const& problem, Path path)
@@ -237,6 +249,28 @@ WorkspaceLayout workspaceLayout(Problem const& problem, Path path)
     layout.mixingExponents = append(cursor, splitElements > 0 ? b * c : 0);
     layout.total = cursor;
     return layout;
+}
+
+size_t workspaceBound(Problem const& largest, int64_t fewestPositions)
+{
+    Problem problem = largest;
+    auto const pathAt = [&problem](int64_t n) { return choosePath(problem.channels, problem.inner, n); };
+    Path const pathAtMost = pathAt(largest.positions);
+    size_t bound = workspaceLayout(problem, pathAtMost).total;
+    if (pathAtMost == Path::kFolded && pathAt(fewestPositions) == Path::kUnfolded)
+    {
+        // The unfolded path runs below some N and its workspace grows with N: size it at the largest such N.
+        int64_t unfolded = fewestPositions;
+        int64_t folded = largest.positions;
+        while (folded - unfolded > 1)
+        {
+            int64_t const middle = unfolded + (folded - unfolded) / 2;
+            (pathAt(middle) == Path::kUnfolded ? unfolded : folded) = middle;
+        }
+        problem.positions = unfolded;
+        bound = std::max(bound, workspaceLayout(problem, Path::kUnfolded).total);
+    }
+    return bound;
 }
 
 namespace

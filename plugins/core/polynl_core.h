@@ -56,6 +56,11 @@ constexpr int64_t kUnknown = -1;
 //! (polynl_deploy.defaults.UNFOLDED_MAX_RATIO).
 constexpr double kUnfoldedMaxRatio = 0.25;
 
+//! ... and at positions N where the folded path's flops exceed kFoldedFlopsMarginNum /
+//! kFoldedFlopsMarginDen times the unfolded path's (polynl_deploy.defaults.FOLDED_FLOPS_MARGIN).
+constexpr int64_t kFoldedFlopsMarginNum = 5;
+constexpr int64_t kFoldedFlopsMarginDen = 4;
+
 using Shape = std::vector<int64_t>;
 
 //! One block invocation. weightType is the type of all eight weight tensors:
@@ -91,9 +96,16 @@ std::string validateProblem(Problem const& problem);
 //! X and Y share one of float32/float16/bfloat16; weights are that type or float32.
 bool isSupportedType(DataType xType, DataType weightType);
 
-//! True where the low-rank route is cheaper than the C x C Gram route: C' <= C / 4.
+//! True where the low-rank route is cheaper than the C x C Gram route at any N: C' <= C / 4.
 bool prefersUnfolded(int64_t channels, int64_t inner);
-Path choosePath(int64_t channels, int64_t inner);
+
+//! Whether the folded path's 4 N C^2 + 4 C^2 C' flops (Gram matrix and output GEMM, then m and M)
+//! exceed the margin times the unfolded path's 8 N C C': true below some N, false above it.
+bool foldedCostsMore(int64_t channels, int64_t inner, int64_t positions);
+
+//! The path for a call: unfolded where prefersUnfolded, or where foldedCostsMore at these positions
+//! (ignored when positions is kUnknown), else folded.
+Path choosePath(int64_t channels, int64_t inner, int64_t positions);
 
 //! Terms of X's 16-bit type that the tensor-core output GEMM splits the float32 matrix M into:
 //! float16 (11-bit significands) two, bfloat16 (8 bits) three; none for float32 X.
@@ -120,6 +132,10 @@ struct WorkspaceLayout
 };
 
 WorkspaceLayout workspaceLayout(Problem const& problem, Path path);
+
+//! Workspace bytes that serve every call with batch <= largest.batch and positions in
+//! [fewestPositions, largest.positions], each on the path choosePath picks for it.
+size_t workspaceBound(Problem const& largest, int64_t fewestPositions);
 
 //! CPU reference in double precision. weights[0..7] follow the contract order
 //! (Wq, bq, Wk, bk, Wv, bv, Wo, bo); x and y use the problem's layout.

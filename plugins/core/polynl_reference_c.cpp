@@ -47,9 +47,9 @@ extern "C" int32_t polynl_reference_forward(int64_t batch, int64_t channels, int
     return 0;
 }
 
-extern "C" int32_t polynl_reference_prefers_unfolded(int64_t channels, int64_t inner)
+extern "C" int32_t polynl_reference_choose_path(int64_t channels, int64_t inner, int64_t positions)
 {
-    return prefersUnfolded(channels, inner) ? 1 : 0;
+    return static_cast<int32_t>(choosePath(channels, inner, positions));
 }
 
 extern "C" int32_t polynl_reference_validate_shapes(int32_t const* ranks, int64_t const* dims, int32_t layout)

@@ -43,7 +43,8 @@ typedef enum PolyNLDataType
 
 typedef enum PolyNLPath
 {
-    POLYNL_PATH_AUTO = 0,    /* unfolded when C' <= C / 4, else folded */
+    POLYNL_PATH_AUTO = 0,    /* unfolded when C' <= C / 4 or when the folded path costs more than 5/4 of its
+                                flops at this N (few positions), else folded */
     POLYNL_PATH_FOLDED = 1,  /* Gram form: S = X^T X / N, mu; Y = X M + 1 c^T */
     POLYNL_PATH_UNFOLDED = 2 /* K, V, m; ((X Wq + bq) * m) Wo + bo + alpha X */
 } PolyNLPath;

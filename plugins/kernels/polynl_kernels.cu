@@ -1146,7 +1146,7 @@ PolyNLStatus resolve(PolyNLDesc const* desc, core::Problem* problem, core::Path*
     {
     case POLYNL_PATH_FOLDED: *path = core::Path::kFolded; break;
     case POLYNL_PATH_UNFOLDED: *path = core::Path::kUnfolded; break;
-    default: *path = core::choosePath(problem->channels, problem->inner); break;
+    default: *path = core::choosePath(problem->channels, problem->inner, problem->positions); break;
     }
     return POLYNL_STATUS_SUCCESS;
 }

@@ -243,7 +243,9 @@ size_t PolyNLPlugin::getWorkspaceSize(DynamicPluginTensorDesc const* inputs, int
     try
     {
         core::Problem problem;
-        if (!describe(nbInputs, [inputs](int32_t i) { return inputs[i].max; }, mLayout, &problem))
+        core::Problem smallest;
+        if (!describe(nbInputs, [inputs](int32_t i) { return inputs[i].max; }, mLayout, &problem)
+            || !describe(nbInputs, [inputs](int32_t i) { return inputs[i].min; }, mLayout, &smallest))
         {
             return 0;
         }
@@ -262,9 +264,8 @@ size_t PolyNLPlugin::getWorkspaceSize(DynamicPluginTensorDesc const* inputs, int
             logError(error);
             return 0;
         }
-        // The workspace grows with B and N, so the profile's maximum covers every smaller shape.
-        core::Path const path = core::choosePath(problem.channels, problem.inner);
-        return core::workspaceLayout(problem, path).total + kWorkspaceAlignment;
+        // Each enqueue picks its path from its N; the bound covers every shape of the profile.
+        return core::workspaceBound(problem, smallest.positions) + kWorkspaceAlignment;
     }
     catch (std::exception const& e)
     {

@@ -62,6 +62,13 @@ def folded_costs_more(channels: int, inner: int, positions: int) -> bool:
     return den * folded > num * 8 * positions * channels * inner
 
 
+def prefers_naive(channels: int, inner: int, positions: int | None = None) -> bool:
+    """The per-call form choice of eager ``impl="auto"`` and of the CUDA kernels' AUTO path:
+    ``prefers_unfolded``, or ``folded_costs_more`` at ``positions`` when given."""
+    few_positions = positions is not None and folded_costs_more(channels, inner, positions)
+    return prefers_unfolded(channels, inner) or few_positions
+
+
 def body_prefers_unfolded(layout: str, channels: int, inner: int) -> bool:
     """The form of the exported ONNX function body: ``prefers_unfolded``, and token blocks with at
     least BODY_UNFOLDED_TOKENS_MIN_CHANNELS channels."""

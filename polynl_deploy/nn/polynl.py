@@ -70,9 +70,7 @@ class _PolyNLBase(nn.Module):
         folded form's C x C algebra makes it cost more (``functional.folded_costs_more``)."""
         if self.impl != "auto":
             return self.impl
-        naive = F.prefers_unfolded(self.channels, self.inner_channels) or (
-            positions is not None and F.folded_costs_more(self.channels, self.inner_channels, positions))
-        return "naive" if naive else "folded"
+        return "naive" if F.prefers_naive(self.channels, self.inner_channels, positions) else "folded"
 
     def _residual(self, x: Tensor, projected: Tensor) -> Tensor:
         """Y = alpha * X + beta * norm(P), P in the layout of X."""

@@ -78,12 +78,20 @@ void testTypesAndPath()
     CHECK(!isSupportedType(DataType::kFloat16, DataType::kBFloat16));
     CHECK(!isSupportedType(DataType::kFloat32, DataType::kFloat16));
 
-    // Threshold C' <= C / 4, as polynl_deploy.defaults.UNFOLDED_MAX_RATIO.
-    CHECK(choosePath(64, 16) == Path::kUnfolded);
-    CHECK(choosePath(64, 17) == Path::kFolded);
-    CHECK(choosePath(64, 32) == Path::kFolded);
-    CHECK(choosePath(10, 2) == Path::kUnfolded);
-    CHECK(choosePath(10, 3) == Path::kFolded);
+    // Threshold C' <= C / 4, as polynl_deploy.defaults.UNFOLDED_MAX_RATIO, at any N.
+    CHECK(choosePath(64, 16, kUnknown) == Path::kUnfolded);
+    CHECK(choosePath(64, 17, kUnknown) == Path::kFolded);
+    CHECK(choosePath(64, 32, kUnknown) == Path::kFolded);
+    CHECK(choosePath(10, 2, kUnknown) == Path::kUnfolded);
+    CHECK(choosePath(10, 3, kUnknown) == Path::kFolded);
+    CHECK(choosePath(64, 16, 1 << 20) == Path::kUnfolded);
+    // C' = C/2: the folded path costs more than 5/4 of the unfolded path's flops exactly when N < 2C.
+    CHECK(choosePath(1024, 512, 2047) == Path::kUnfolded);
+    CHECK(choosePath(1024, 512, 2048) == Path::kFolded);
+    CHECK(choosePath(64, 32, 127) == Path::kUnfolded && choosePath(64, 32, 128) == Path::kFolded);
+    // C' = 0.3 C: never worth the Gram matrix by this measure.
+    CHECK(choosePath(100, 30, 1 << 30) == Path::kUnfolded);
+    CHECK(foldedCostsMore(1024, 512, 2047) && !foldedCostsMore(1024, 512, 2048));
 }
 
 void testWorkspace()
@@ -121,6 +129,34 @@ void testWorkspace()
         CHECK(split.total - split.mixingExponents >= 3 * 10 * sizeof(int32_t));
         CHECK(split.mixingTerms >= split.shift + 3 * 10 * sizeof(float));
         CHECK(workspaceLayout(p, Path::kUnfolded).total == unfolded.total);
+    }
+}
+
+//! workspaceBound equals the largest workspace over every N of the range, each on its own path.
+void testWorkspaceBound()
+{
+    for (auto [channels, inner] : {std::pair{64, 32}, std::pair{64, 16}, std::pair{100, 30}, std::pair{48, 40}})
+    {
+        for (auto [fewest, most] : {std::pair{1, 1000}, std::pair{1, 100}, std::pair{200, 1000}, std::pair{127, 128},
+                 std::pair{0, 127}, std::pair{5, 5}})
+        {
+            for (DataType type : {DataType::kFloat32, DataType::kFloat16})
+            {
+                Problem p;
+                p.batch = 2;
+                p.channels = channels;
+                p.inner = inner;
+                p.xType = type;
+                size_t largest = 0;
+                for (int64_t n = fewest; n <= most; ++n)
+                {
+                    p.positions = n;
+                    largest = std::max(largest, workspaceLayout(p, choosePath(channels, inner, n)).total);
+                }
+                p.positions = most;
+                CHECK(workspaceBound(p, fewest) == largest);
+            }
+        }
     }
 }
 
@@ -181,6 +217,7 @@ int main()
     testShapes();
     testTypesAndPath();
     testWorkspace();
+    testWorkspaceBound();
     testReferenceForms(Layout::kMaps);
     testReferenceForms(Layout::kTokens);
     if (failures != 0)

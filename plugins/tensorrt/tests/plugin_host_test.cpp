@@ -14,6 +14,7 @@
 
 #include <dlfcn.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
@@ -507,30 +508,48 @@ void testWorkspaceSize()
     struct Case
     {
         bool maps;
-        std::vector<int64_t> xMax;
+        std::vector<int64_t> xMin, xMax;
         int64_t channels, inner;
     };
-    // Folded (C' > C/4) and unfolded (C' <= C/4), in both layouts.
-    for (Case const& c : {Case{false, {4, 100, 12}, 12, 6}, Case{true, {3, 16, 5, 7}, 16, 4},
-             Case{true, {2, 8, 4, 4}, 8, 8}, Case{false, {5, 33, 64}, 64, 2}})
+    // Folded (C' > C/4, many positions) and unfolded (C' <= C/4), in both layouts; profiles whose
+    // positions span the N below which AUTO takes the unfolded path (C' = C/2: N < 2C).
+    for (Case const& c : {Case{false, {4, 100, 12}, {4, 100, 12}, 12, 6},
+             Case{true, {3, 16, 5, 7}, {3, 16, 5, 7}, 16, 4},
+             Case{true, {2, 8, 4, 4}, {2, 8, 4, 4}, 8, 8}, Case{false, {5, 33, 64}, {5, 33, 64}, 64, 2},
+             Case{false, {1, 16, 64}, {4, 1000, 64}, 64, 32}, Case{true, {1, 64, 2, 3}, {2, 64, 12, 12}, 64, 32},
+             Case{false, {1, 1, 64}, {4, 100, 64}, 64, 32}})
     {
-        Plugin plugin = create(1.0F, c.maps ? "maps" : "tokens");
-        std::vector<int64_t> dynamicX(c.xMax.size(), -1);
-        dynamicX[c.maps ? 1 : 2] = c.channels;
-        std::vector<DynamicPluginTensorDesc> const io = dynamicIO(blockShapes(dynamicX, c.channels, c.inner),
-            blockShapes(c.xMax, c.channels, c.inner), DataType::kHALF, DataType::kFLOAT);
-        size_t const bytes = plugin.build->getWorkspaceSize(io.data(), contract::kNumInputs, &io.back(), 1);
-
-        core::Problem problem;
-        std::vector<core::Shape> maxShapes;
-        for (int32_t i = 0; i < contract::kNumInputs; ++i)
+        for (DataType xType : {DataType::kHALF, DataType::kFLOAT})
         {
-            maxShapes.emplace_back(io[i].max.d, io[i].max.d + io[i].max.nbDims);
+            Plugin plugin = create(1.0F, c.maps ? "maps" : "tokens");
+            std::vector<int64_t> dynamicX(c.xMax.size(), -1);
+            dynamicX[c.maps ? 1 : 2] = c.channels;
+            std::vector<DynamicPluginTensorDesc> io = dynamicIO(blockShapes(dynamicX, c.channels, c.inner),
+                blockShapes(c.xMax, c.channels, c.inner), xType, DataType::kFLOAT);
+            io.front().min = io.back().min = dims(c.xMin);
+            size_t const bytes = plugin.build->getWorkspaceSize(io.data(), contract::kNumInputs, &io.back(), 1);
+
+            // Every N of the profile at its largest batch, each on the path the kernels take for it.
+            core::Problem problem;
+            std::vector<core::Shape> maxShapes;
+            for (int32_t i = 0; i < contract::kNumInputs; ++i)
+            {
+                maxShapes.emplace_back(io[i].max.d, io[i].max.d + io[i].max.nbDims);
+            }
+            core::Layout const layout = c.maps ? core::Layout::kMaps : core::Layout::kTokens;
+            CHECK(core::validateShapes(maxShapes, layout, &problem).empty());
+            problem.xType = *coreTypeOf(xType); // X's type sizes the split copy of M (folded path)
+            int64_t const fewest = c.maps ? c.xMin[2] * c.xMin[3] : c.xMin[1];
+            int64_t const most = problem.positions;
+            size_t needed = 0;
+            for (int64_t n = fewest; n <= most; ++n)
+            {
+                problem.positions = n;
+                core::Path const path = core::choosePath(c.channels, c.inner, n);
+                needed = std::max(needed, core::workspaceLayout(problem, path).total);
+            }
+            CHECK(bytes >= needed && bytes - needed <= 256); // at most the slack to align to 256 bytes
         }
-        CHECK(core::validateShapes(maxShapes, c.maps ? core::Layout::kMaps : core::Layout::kTokens, &problem).empty());
-        problem.xType = core::DataType::kFloat16; // X's type sizes the split copy of M (folded path)
-        size_t const needed = core::workspaceLayout(problem, core::choosePath(c.channels, c.inner)).total;
-        CHECK(bytes >= needed && bytes - needed <= 256); // at most the slack to align to 256 bytes
     }
     CHECK(logger.take().empty());
 
