@@ -29,11 +29,11 @@ unfolded form. Measured on ONNX Runtime CPU (benchmarks/body_forms.py, C' = C/2)
 0.11x to 0.84x the folded body's time at C = 256 and 1024 (N = 64 to 16384), while the folded body
 stayed faster for maps at N = 128^2 and at C = 64."""
 
-BODY_TRIANGLE_GRAM_MIN_CHANNELS = 128
+BODY_TRIANGLE_GRAM_MIN_CHANNELS = 256
 """The folded maps body computes the Gram matrix from its upper block triangle (3/4 of the flops, plus
 copies of X's two channel halves) from this many channels on, one full X X^T product below. Measured
-on ONNX Runtime CPU (benchmarks/body_forms.py): 0.90x to 0.97x the full product's body time at
-C = 256 to 1024 and N >= 64^2, 1.05x to 1.10x at C = 64."""
+on ONNX Runtime CPU (benchmarks/body_forms.py, three runs): 0.90x to 1.00x the full product's body
+time at C = 256 to 1024, 0.96x to 0.99x at C = 128, 1.01x to 1.15x at C = 64."""
 
 DEMO_MODEL = "polynl-marks-small"
 """The zoo model whose trained checkpoint ships with the toolkit; `polynl demo` runs on it."""
