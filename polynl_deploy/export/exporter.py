@@ -208,7 +208,8 @@ def to_standard_ops(model: onnx.ModelProto) -> onnx.ModelProto:
             raise ExportError(f"node {node.name!r}: Wq is not an initializer; cannot pick the body form")
         unfolded = body_prefers_unfolded(layout, wq.dims[0], wq.dims[1])
         triangle_gram = body_prefers_triangle_gram(wq.dims[0])
-        name = f"{contract.OP_TYPE}_{layout}_{'unfolded' if unfolded else 'folded'}{'_triangle' * triangle_gram}"
+        form = "unfolded" if unfolded else "folded_triangle" if triangle_gram else "folded"
+        name = f"{contract.OP_TYPE}_{layout}_{form}"
         if name not in specialized:
             specialized[name] = build_function(opset, layout, unfolded, name=name, domain=_INLINE_DOMAIN,
                                                triangle_gram=triangle_gram)
