@@ -34,7 +34,8 @@ struct EnqueueCase
     float alpha;
 };
 
-//! Folded (tensor-core and SIMT kernels, C below and across a 64-channel tile) and unfolded, both layouts,
+//! Folded (tensor-core and SIMT kernels, C below and across a 64-channel tile) and unfolded (C' <= C/4, and
+//! C' = C/2 at few positions, where AUTO picks it from N), both layouts,
 //! X in float32, float16 and bfloat16 with weights in X's type or float32.
 inline std::vector<EnqueueCase> enqueueCases()
 {
@@ -42,7 +43,8 @@ inline std::vector<EnqueueCase> enqueueCases()
     return {EnqueueCase{"tokens", {2, 37, 12}, 6, DataType::kHALF, DataType::kFLOAT, 0.5F},
         EnqueueCase{"maps", {2, 16, 5, 7}, 4, DataType::kFLOAT, DataType::kFLOAT, 1.0F},
         EnqueueCase{"maps", {1, 70, 12, 12}, 35, DataType::kBF16, DataType::kBF16, 0.75F},
-        EnqueueCase{"tokens", {3, 9, 8}, 5, DataType::kFLOAT, DataType::kFLOAT, 1.25F}};
+        EnqueueCase{"tokens", {3, 9, 8}, 5, DataType::kFLOAT, DataType::kFLOAT, 1.25F},
+        EnqueueCase{"tokens", {2, 10, 16}, 8, DataType::kHALF, DataType::kHALF, 1.0F}}; // unfolded: N < 2C
 }
 
 //! Values of one tensor: what the kernels read (bytes in the tensor's type) and the same values in double.
