@@ -1,10 +1,10 @@
 """ONNX Runtime CPU: the exported body's forms against each other, by C and N.
 
-1. Folded against unfolded. The export picks the body form from C'/C alone (folded unless
-   C' <= C/4; token blocks with C >= 256 unfolded). Each case exports one block (C' = C/2),
+1. Folded against unfolded. The export picks the body form per block, not per call (unfolded
+   where C' <= C/4 and for token blocks with C >= 256). Each case exports one block (C' = C/2),
    swaps its function body for each form (``build_function(opset, layout, unfolded)``) and times both.
-2. The folded maps body's Gram matrix from its upper block triangle (the export) against one
-   full X X^T product (``build_function(..., triangle_gram=False)``).
+2. The folded maps body's Gram matrix from its upper block triangle (the export's form from
+   C = 256 on) against one full X X^T product (``build_function(..., triangle_gram=...)``).
 
 Same process, same thread count (2), so each ratio shows what the choice costs or saves.
 
@@ -28,8 +28,8 @@ from polynl_deploy.nn import PolyNL2d, PolyNLTokens
 FORM_CASES = [("tokens", 1024, 64), ("tokens", 1024, 256), ("tokens", 1024, 1024), ("tokens", 1024, 4096),
               ("tokens", 256, 256), ("tokens", 256, 4096), ("tokens", 256, 16384), ("tokens", 64, 4096),
               ("maps", 256, 64 * 64), ("maps", 256, 128 * 128), ("maps", 64, 128 * 128)]
-GRAM_CASES = [(1, 64, 32 * 32), (1, 64, 128 * 128), (1, 128, 128 * 128), (1, 256, 32 * 32), (1, 256, 64 * 64), (1, 256, 128 * 128),
-              (8, 256, 64 * 64), (1, 512, 128 * 128), (1, 1024, 64 * 64)]
+GRAM_CASES = [(1, 64, 32 * 32), (1, 64, 128 * 128), (1, 128, 128 * 128), (1, 256, 32 * 32), (1, 256, 64 * 64),
+              (1, 256, 128 * 128), (8, 256, 64 * 64), (1, 512, 128 * 128), (1, 1024, 64 * 64)]
 REPEATS = 15
 
 
@@ -53,7 +53,8 @@ def with_body(model: onnx.ModelProto, function: onnx.FunctionProto) -> bytes:
     return swapped.SerializeToString()
 
 
-def exported_block(layout: str, channels: int, positions: int, batch: int, path: Path) -> tuple[onnx.ModelProto, np.ndarray]:
+def exported_block(layout: str, channels: int, positions: int, batch: int,
+                   path: Path) -> tuple[onnx.ModelProto, np.ndarray]:
     """One block with C' = C/2 exported as custom-op, and an input of the case's size."""
     block = (PolyNL2d(channels) if layout == contract.LAYOUT_MAPS else PolyNLTokens(channels)).eval()
     side = int(positions ** 0.5)

@@ -197,7 +197,8 @@ def test_triangle_gram_body_matches_eager(tmp_path, channels):
 
 
 @pytest.mark.parametrize("mode", ["custom-op", "standard-ops"])
-@pytest.mark.parametrize("channels", [defaults.BODY_TRIANGLE_GRAM_MIN_CHANNELS // 2, defaults.BODY_TRIANGLE_GRAM_MIN_CHANNELS])
+@pytest.mark.parametrize("channels", [defaults.BODY_TRIANGLE_GRAM_MIN_CHANNELS // 2,
+                                      defaults.BODY_TRIANGLE_GRAM_MIN_CHANNELS])
 def test_gram_form_either_side_of_its_threshold_matches_eager(tmp_path, mode, channels):
     block = randomize(PolyNL2d(channels), seed=3)
     path = tmp_path / "block.onnx"
