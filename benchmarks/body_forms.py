@@ -1,10 +1,12 @@
 """ONNX Runtime CPU: the exported body's forms against each other, by C and N.
 
-1. Folded against unfolded. The export picks the body form per block, not per call (unfolded
-   where C' <= C/4 and for token blocks with C >= 256). Each case exports one block (C' = C/2),
-   swaps its function body for each form (``build_function(opset, layout, unfolded)``) and times both.
-2. The folded maps body's Gram matrix from its upper block triangle (the export's form from
-   C = 256 on) against one full X X^T product (``build_function(..., triangle_gram=...)``).
+1. Folded against unfolded. The body picks the form from the weights (unfolded where C' <= C/4 and
+   for token blocks with C >= 256) and per call from N (unfolded where the folded form costs more
+   flops). Each case exports one block (C' = C/2), swaps its function body for each form
+   (``build_function(opset, layout, unfolded)``) and times both.
+2. The folded maps body's Gram matrix from its upper block triangle in 2 and 4 channel blocks (the
+   export's forms from C = 256 and C = 512 on) against one full X X^T product
+   (``build_function(..., gram_blocks=...)``).
 
 Same process, same thread count (2), so each ratio shows what the choice costs or saves.
 
@@ -29,7 +31,8 @@ FORM_CASES = [("tokens", 1024, 64), ("tokens", 1024, 256), ("tokens", 1024, 1024
               ("tokens", 256, 256), ("tokens", 256, 4096), ("tokens", 256, 16384), ("tokens", 64, 4096),
               ("maps", 256, 64 * 64), ("maps", 256, 128 * 128), ("maps", 64, 128 * 128)]
 GRAM_CASES = [(1, 64, 32 * 32), (1, 64, 128 * 128), (1, 128, 128 * 128), (1, 256, 32 * 32), (1, 256, 64 * 64),
-              (1, 256, 128 * 128), (8, 256, 64 * 64), (1, 512, 128 * 128), (1, 1024, 64 * 64)]
+              (1, 256, 128 * 128), (8, 256, 64 * 64), (1, 512, 64 * 64), (1, 512, 128 * 128), (8, 512, 64 * 64),
+              (1, 1024, 32 * 32), (1, 1024, 64 * 64)]
 REPEATS = 15
 
 
@@ -82,16 +85,15 @@ def main() -> None:
                                        for form in ("folded", "unfolded")}, options)
         print(f"{layout:7s} {channels:5d} {positions:6d} {times['folded']:10.2f} {times['unfolded']:12.2f} "
               f"{times['unfolded'] / times['folded']:16.2f}", flush=True)
-    print(f"\nfolded maps body, Gram matrix\n{'B':>2s} {'C':>5s} {'N':>6s} {'full ms':>8s} {'triangle ms':>12s} "
-          f"{'triangle/full':>14s}")
+    print(f"\nfolded maps body, Gram matrix in 1, 2 or 4 channel blocks\n{'B':>2s} {'C':>5s} {'N':>6s} "
+          f"{'full ms':>8s} {'2 blocks ms':>12s} {'4 blocks ms':>12s} {'2/full':>7s} {'4/full':>7s} {'4/2':>6s}")
     for batch, channels, positions in GRAM_CASES:
         proto, x = exported_block(contract.LAYOUT_MAPS, channels, positions, batch, scratch)
-        times = time_bodies(proto, x, {gram: build_function(defaults.OPSET, contract.LAYOUT_MAPS, False,
-                                                            triangle_gram=gram == "triangle")
-                                       for gram in ("full", "triangle")}, options)
-        print(f"{batch:2d} {channels:5d} {positions:6d} {times['full']:8.2f} {times['triangle']:12.2f} "
-              f"{times['triangle'] / times['full']:14.2f}", flush=True)
-
+        times = time_bodies(proto, x, {blocks: build_function(defaults.OPSET, contract.LAYOUT_MAPS, False,
+                                                              gram_blocks=blocks)
+                                       for blocks in (1, 2, 4)}, options)
+        print(f"{batch:2d} {channels:5d} {positions:6d} {times[1]:8.2f} {times[2]:12.2f} {times[4]:12.2f} "
+              f"{times[2] / times[1]:7.2f} {times[4] / times[1]:7.2f} {times[4] / times[2]:6.2f}", flush=True)
 
 if __name__ == "__main__":
     main()

@@ -82,7 +82,9 @@ def export(
                   f"{len(result.blocks)} Poly-NL block(s))")
     for block in result.blocks:
         console.print(f"  {block.module}: {block.layout}, C={block.channels}, C'={block.inner_channels}, "
-                      f"function body: {block.form}")
+                      f"function body: {block.form}"
+                      + (f" from N = {block.folded_from_positions} positions on, unfolded below"
+                         if block.folded_from_positions else ""))
 
 
 @app.command()

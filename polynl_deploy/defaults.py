@@ -29,11 +29,15 @@ unfolded form. Measured on ONNX Runtime CPU (benchmarks/body_forms.py, C' = C/2)
 0.11x to 0.84x the folded body's time at C = 256 and 1024 (N = 64 to 16384), while the folded body
 stayed faster for maps at N = 128^2 and at C = 64."""
 
-BODY_TRIANGLE_GRAM_MIN_CHANNELS = 256
-"""The folded maps body computes the Gram matrix from its upper block triangle (3/4 of the flops, plus
-copies of X's two channel halves) from this many channels on, one full X X^T product below. Measured
-on ONNX Runtime CPU (benchmarks/body_forms.py, three runs): 0.90x to 1.00x the full product's body
-time at C = 256 to 1024, 0.96x to 0.99x at C = 128, 1.01x to 1.15x at C = 64."""
+BODY_GRAM_BLOCKS = ((512, 4), (256, 2))
+"""(min channels, blocks), widest first: the folded maps body computes the Gram matrix from its upper
+block triangle in this many channel blocks from this many channels on ((blocks + 1) / (2 blocks) of the
+flops, plus a copy of X into its blocks), one full X X^T product below the last tier. Body times on
+ONNX Runtime CPU (benchmarks/body_forms.py and interleaved reruns, N >= 1024, a host whose single runs
+move by 10 to 40 %): 2 blocks against one full product 0.82x to 0.95x at C = 512 to 1024, 0.78x to
+1.18x at C = 256 (0.90x to 1.00x in the three runs that set this tier), 0.92x to 0.99x at C = 128 and
+0.85x to 1.15x at C = 64; 4 blocks against 2 blocks 0.91x to 1.06x (about 0.97x typical) at C = 512
+to 1024, nothing consistent at C = 256."""
 
 DEMO_MODEL = "polynl-marks-small"
 """The zoo model whose trained checkpoint ships with the toolkit; `polynl demo` runs on it."""

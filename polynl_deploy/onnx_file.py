@@ -32,3 +32,17 @@ def load_onnx(path, *, load_external_data: bool = True) -> onnx.ModelProto:
 
 def metadata(model: onnx.ModelProto) -> dict[str, str]:
     return {p.key: p.value for p in model.metadata_props}
+
+
+def graphs_with_subgraphs(graph: onnx.GraphProto):
+    """``graph`` and every subgraph (If branch, loop body) nested in it, outermost first."""
+    yield graph
+    for node in graph.node:
+        for attribute in node.attribute:
+            for subgraph in [attribute.g] if attribute.HasField("g") else attribute.graphs:
+                yield from graphs_with_subgraphs(subgraph)
+
+
+def nodes_with_subgraphs(graph: onnx.GraphProto):
+    """Every node of ``graph`` and of the subgraphs nested in it."""
+    return (node for g in graphs_with_subgraphs(graph) for node in g.node)

@@ -213,3 +213,60 @@ def test_gpu_sweep_times_the_fused_kernel_against_eager_and_the_floors(tmp_path)
     fused = [m for m in result.measurements if m.contender == "polynl-cuda-fused-kernel"]
     assert all(m.device == "cuda" and m.dtype == "float16" and m.max_abs_error < 0.05 for m in fused)
     assert {t.key for t in result.targets} == {"d", "e", "f"} and all(t.value is not None for t in result.targets)
+
+
+MODEL_SETTINGS = dict(map_sides=(), channels=(), repeats=2, warmup=0, target=None, progress=False,
+                      plots=False, models=("polynl-marks-small", "polynl-tokens-small"))
+
+
+def test_zoo_models_run_on_every_backend_of_the_device(tmp_path):
+    from rich.console import Console
+
+    from polynl_deploy.bench.report import render
+
+    result = run_bench(BenchSettings(output_dir=tmp_path, **MODEL_SETTINGS))
+    assert [m.model for m in result.models] == list(MODEL_SETTINGS["models"])
+    for m in result.models:
+        assert m.status == "ok" and m.device == "cpu" and list(m.backends) == ["eager", "onnxruntime"]
+        eager, ort = m.backends["eager"], m.backends["onnxruntime"]
+        assert eager.max_abs_error is None and ort.max_abs_error < 1e-4
+        assert ort.eager_over == pytest.approx(eager.median_ms / ort.median_ms)
+    assert "tensorrt not timed: TensorRT runs on a GPU" in result.models_note
+    document = json.loads((tmp_path / "results.json").read_text())
+    assert document["models"][0]["backends"]["onnxruntime"]["status"] == "ok"
+    console = Console(record=True, width=250)
+    render(result, console)
+    printed = console.export_text()
+    assert "polynl-marks-small" in printed and "eager/onnxruntime" in printed
+
+
+def test_a_failing_model_backend_is_reported_and_the_others_go_on(tmp_path, monkeypatch):
+    from polynl_deploy.bench import models
+
+    def broken(work):
+        raise RuntimeError(f"cannot build {work.name}")
+
+    monkeypatch.setattr(models, "MODEL_BACKENDS", (models.MODEL_BACKENDS[0], models.ModelBackend("broken", broken),
+                                                   *models.MODEL_BACKENDS[1:]))
+    result = run_bench(BenchSettings(output_dir=tmp_path, **{**MODEL_SETTINGS, "models": ("polynl-marks-small",)}))
+    (record,) = result.models
+    assert record.status == "ok"
+    assert record.backends["broken"].status == "failed"
+    assert record.backends["broken"].reason == "RuntimeError: cannot build polynl-marks-small"
+    assert record.backends["onnxruntime"].status == "ok"
+
+
+@pytest.mark.gpu
+def test_zoo_models_on_cuda_match_eager(tmp_path):
+    """eager on the GPU, and ONNX Runtime's CUDA provider and TensorRT where this machine has them."""
+    result = run_bench(BenchSettings(output_dir=tmp_path, device="cuda", **{**MODEL_SETTINGS,
+                                                                          "models": ("polynl-resnet-small",)}))
+    (record,) = result.models
+    assert record.status == "ok" and record.device == "cuda", record.reason
+    from polynl_deploy.features import detect
+    expected = ["eager"] + ["onnxruntime"] * detect().ort_cuda + ["tensorrt"] * (detect().tensorrt_runtime
+                                                                              and detect().plugin_library is not None)
+    assert list(record.backends) == expected
+    for name in expected[1:]:
+        timing = record.backends[name]
+        assert timing.status == "ok" and timing.max_abs_error < 1e-3, (name, timing)

@@ -17,6 +17,7 @@ from polynl_deploy.export.function_body import build_function
 from polynl_deploy.export.schema import register_schema
 from polynl_deploy.nn import PolyNL2d, PolyNLTokens
 from polynl_deploy.nn import functional as F
+from polynl_deploy.onnx_file import nodes_with_subgraphs
 
 
 def ort_run(path, x: np.ndarray) -> np.ndarray:
@@ -131,17 +132,22 @@ def test_function_body_alone_reproduces_eager(two_block):
     np.testing.assert_allclose(y, eager(model, x), atol=1e-5, rtol=1e-4)
 
 
-def test_standard_ops_mode_has_no_custom_domain(tmp_path):
+@pytest.mark.parametrize("dynamic", [True, False])
+def test_standard_ops_mode_has_no_custom_domain(tmp_path, dynamic):
     model = fixture_models.two_block_net()
     path = tmp_path / "std.onnx"
-    export_onnx(model, torch.randn(2, 3, 10, 14), path, mode="standard-ops")
+    result = export_onnx(model, torch.randn(2, 3, 10, 14), path, mode="standard-ops", dynamic=dynamic)
     proto = onnx.load(str(path))
     assert {n.domain for n in proto.graph.node} <= {"", "ai.onnx"}
     assert all(o.domain in ("", "ai.onnx") for o in proto.opset_import)
     assert not proto.functions
-    assert "If" not in {n.op_type for n in proto.graph.node}  # constant branches folded at export
+    # Constant branches are folded at export: what is left is the form's If on a dynamic N, one per
+    # block that is not unfolded at every N.
+    per_call = sum(b.form == "folded" for b in result.blocks) if dynamic else 0
+    assert [n.op_type for n in proto.graph.node].count("If") == per_call
     onnx.checker.check_model(proto, full_check=True)
-    x = np.random.default_rng(2).standard_normal((3, 3, 9, 11)).astype(np.float32)
+    shape = (3, 3, 9, 11) if dynamic else (2, 3, 10, 14)
+    x = np.random.default_rng(2).standard_normal(shape).astype(np.float32)
     np.testing.assert_allclose(ort_run(path, x), eager(model, x), atol=1e-5, rtol=1e-4)
 
 
@@ -179,16 +185,18 @@ def test_static_export_fixes_shapes(tmp_path):
     np.testing.assert_allclose(ort_run(path, x), eager(model, x), atol=1e-5, rtol=1e-4)
 
 
-@pytest.mark.parametrize("channels", [2, 5, 9, 16])
-def test_triangle_gram_body_matches_eager(tmp_path, channels):
-    """X X^T from X0 X^T and X1 X1^T, split at C - C//2, for even and odd C (forced below the threshold)."""
+@pytest.mark.parametrize("channels, blocks", [(2, 2), (5, 2), (9, 2), (16, 2), (3, 4), (9, 4), (13, 4), (16, 4),
+                                             (7, 3), (17, 8)])
+def test_block_triangle_gram_body_matches_eager(tmp_path, channels, blocks):
+    """X X^T from the upper block triangle, for C with and without remainder and C < blocks (empty
+    blocks); forced below the thresholds."""
     block = randomize(PolyNL2d(channels, norm=False), seed=channels)
     assert not F.prefers_unfolded(block.channels, block.inner_channels)
     path = tmp_path / "block.onnx"
     export_onnx(block, torch.randn(2, channels, 5, 6), path)
     proto = onnx.load(str(path))
     del proto.functions[:]
-    proto.functions.append(build_function(defaults.OPSET, contract.LAYOUT_MAPS, False, triangle_gram=True))
+    proto.functions.append(build_function(defaults.OPSET, contract.LAYOUT_MAPS, False, gram_blocks=blocks))
     onnx.save(proto, str(path))
     x = np.random.default_rng(channels).standard_normal((3, channels, 4, 7)).astype(np.float32)
     np.testing.assert_allclose(ort_run(path, x), eager(block, x), atol=1e-5, rtol=1e-4)
@@ -196,13 +204,29 @@ def test_triangle_gram_body_matches_eager(tmp_path, channels):
     np.testing.assert_allclose(y, eager(block, x), atol=1e-5, rtol=1e-4)
 
 
+def test_gram_blocks_by_width():
+    tiers = sorted(defaults.BODY_GRAM_BLOCKS)
+    assert F.body_gram_blocks(tiers[0][0] - 1) == 1
+    for (min_channels, blocks), (next_min, _) in zip(tiers, tiers[1:] + [(None, None)]):
+        assert F.body_gram_blocks(min_channels) == blocks
+        if next_min is not None:
+            assert F.body_gram_blocks(next_min - 1) == blocks
+
+
+GRAM_TIER_EDGES = sorted({c for min_channels, _ in defaults.BODY_GRAM_BLOCKS
+                          for c in (min_channels - 1, min_channels)})
+
+
 @pytest.mark.parametrize("mode", ["custom-op", "standard-ops"])
-@pytest.mark.parametrize("channels", [defaults.BODY_TRIANGLE_GRAM_MIN_CHANNELS // 2,
-                                      defaults.BODY_TRIANGLE_GRAM_MIN_CHANNELS])
-def test_gram_form_either_side_of_its_threshold_matches_eager(tmp_path, mode, channels):
+@pytest.mark.parametrize("channels", GRAM_TIER_EDGES)
+def test_gram_form_either_side_of_each_tier_matches_eager(tmp_path, mode, channels):
     block = randomize(PolyNL2d(channels), seed=3)
     path = tmp_path / "block.onnx"
     export_onnx(block, torch.randn(1, channels, 6, 6), path, mode=mode)
+    if mode == "standard-ops":  # the inlined body splits X into the tier's blocks (in the form's If)
+        splits = [len(n.output) for n in nodes_with_subgraphs(onnx.load(str(path)).graph) if n.op_type == "Split"]
+        blocks = F.body_gram_blocks(channels)
+        assert splits == ([blocks] if blocks > 1 else [])
     x = np.random.default_rng(3).standard_normal((2, channels, 5, 9)).astype(np.float32)
     with torch.no_grad():
         reference = block.double()(torch.from_numpy(x).double()).numpy()
@@ -254,9 +278,66 @@ def test_wide_token_blocks_export_the_unfolded_body(tmp_path, mode, block, shape
     result = export_onnx(block, torch.randn(*shape), path, mode=mode)
     assert [b.form for b in result.blocks] == [form]
     if mode == "standard-ops":  # only the folded form reduces Wk * (S Wv) with ReduceSum
-        assert ("ReduceSum" in {n.op_type for n in onnx.load(str(path)).graph.node}) == (form == "folded")
+        op_types = {n.op_type for n in nodes_with_subgraphs(onnx.load(str(path)).graph)}
+        assert ("ReduceSum" in op_types) == (form == "folded")
     for scale in (1, 3):
         x = np.random.default_rng(10).standard_normal((shape[0], shape[1] * scale, *shape[2:]) if len(shape) == 3
                                                       else shape).astype(np.float32)
         expected = eager(block, x)  # |Y| reaches ~600 here: float32 round-off scales with it
         np.testing.assert_allclose(ort_run(path, x), expected, atol=1e-5 * np.abs(expected).max(), rtol=1e-4)
+
+
+def _condition_model(layout: str) -> onnx.ModelProto:
+    """X and Wq in, the body's prefers_unfolded condition out."""
+    from onnx import TensorProto, helper
+
+    from polynl_deploy.export.function_body import _Block, prefers_unfolded
+
+    b = _Block("")
+    channels, inner = b.op("Shape", "Wq", start=0, end=1), b.op("Shape", "Wq", start=1, end=2)
+    b.nodes.append(helper.make_node("Identity", [prefers_unfolded(b, layout, "X", channels, inner)], ["unfolded"]))
+    rank = 4 if layout == contract.LAYOUT_MAPS else 3
+    graph = helper.make_graph(b.nodes, "condition",
+                              [helper.make_tensor_value_info("X", TensorProto.FLOAT, [f"d{i}" for i in range(rank)]),
+                               helper.make_tensor_value_info("Wq", TensorProto.FLOAT, ["C", "Ci"])],
+                              [helper.make_tensor_value_info("unfolded", TensorProto.BOOL, [1])])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", defaults.OPSET)])
+
+
+@pytest.mark.parametrize("layout", contract.LAYOUTS)
+def test_body_condition_matches_the_python_rule(layout):
+    """The If condition of the exported body against nn.functional.body_prefers_unfolded, on both sides
+    of every threshold (C'/C, wide tokens, and the N below which the folded form costs more)."""
+    session = ort.InferenceSession(_condition_model(layout).SerializeToString(), providers=["CPUExecutionProvider"])
+    checked = 0
+    for channels in (4, 9, 64, 255, 256, 1024):
+        for inner in sorted({1, channels // 4, channels // 4 + 1, channels // 3, channels // 2, channels} - {0}):
+            edge = F.folded_min_positions(channels, inner)
+            for positions in sorted({1, 7, 4096} | ({edge - 1, edge} - {0} if edge else set())):
+                # zero batch: only the shape matters
+                shape = (0, channels, 1, positions) if layout == contract.LAYOUT_MAPS else (0, positions, channels)
+                (got,) = session.run(None, {"X": np.zeros(shape, np.float32),
+                                            "Wq": np.zeros((channels, inner), np.float32)})
+                assert bool(got[0]) == F.body_prefers_unfolded(layout, channels, inner, positions), \
+                    (layout, channels, inner, positions)
+                checked += 1
+    assert checked > 100
+
+
+@pytest.mark.parametrize("mode", ["custom-op", "standard-ops"])
+@pytest.mark.parametrize("block, shapes", [
+    (PolyNL2d(64, norm=False), [(2, 64, 8, 8), (2, 64, 11, 12), (1, 64, 16, 16)]),  # N = 64, 132 > 128
+    (PolyNLTokens(64), [(2, 100, 64), (2, 127, 64), (3, 128, 64), (1, 300, 64)])])  # edge at N = 128
+def test_form_by_positions_either_side_of_its_edge_matches_eager(tmp_path, mode, block, shapes):
+    """The body decides the form per call from N (dynamic axes): both forms run in one file."""
+    block = randomize(block, seed=11)
+    assert F.folded_min_positions(block.channels, block.inner_channels) == 128
+    path = tmp_path / "block.onnx"
+    result = export_onnx(block, torch.randn(*shapes[-1]), path, mode=mode)
+    assert [(b.form, b.folded_from_positions) for b in result.blocks] == [("folded", 128)]
+    for shape in shapes:
+        x = np.random.default_rng(11).standard_normal(shape).astype(np.float32)
+        np.testing.assert_allclose(ort_run(path, x), eager(block, x), atol=1e-5, rtol=1e-4)
+        if mode == "custom-op":
+            (y,) = ReferenceEvaluator(str(path)).run(None, {"x": x})
+            np.testing.assert_allclose(y, eager(block, x), atol=1e-5, rtol=1e-4)

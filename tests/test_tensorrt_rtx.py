@@ -11,7 +11,7 @@ import torch
 
 from fixture_models import TokenNet, TwoBlockNet, token_net, two_block_net
 from polynl_deploy import contract
-from polynl_deploy.defaults import BODY_TRIANGLE_GRAM_MIN_CHANNELS
+from polynl_deploy.defaults import BODY_GRAM_BLOCKS
 from polynl_deploy.errors import ModelFileError
 from polynl_deploy.export.exporter import export_onnx
 from polynl_deploy.io import sha256_of
@@ -30,9 +30,9 @@ def exported(tmp_path_factory):
                                  ("tokens", token_net, TokenNet.default_input_shape)):
         paths[name] = folder / f"{name}.onnx"
         export_onnx(factory(), torch.randn(*shape), paths[name])
-    # one block wide enough for the body's triangle-Gram branch
+    # one block wide enough for the body's widest Gram tier (the most channel blocks)
     paths["wide_maps"] = folder / "wide_maps.onnx"
-    wide = BODY_TRIANGLE_GRAM_MIN_CHANNELS
+    wide = max(min_channels for min_channels, _ in BODY_GRAM_BLOCKS)
     export_onnx(PolyNL2d(wide).eval(), torch.randn(1, wide, 8, 8), paths["wide_maps"])
     return paths
 
@@ -74,7 +74,7 @@ def test_rtx_builds_with_progress_bar(exported, tmp_path):
     assert result.engine_bytes > 0
 
 
-def test_rtx_builds_the_triangle_gram_body(exported, tmp_path):
+def test_rtx_builds_the_block_triangle_gram_body(exported, tmp_path):
     result = rtx_build(exported["wide_maps"], tmp_path / "wide.plan", sms=(89,))
     assert result.engine_bytes > 100_000 and result.metadata["polynl_nodes"] == 1
 

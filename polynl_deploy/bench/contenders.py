@@ -223,7 +223,8 @@ def _tensorrt(work: Workload) -> Callable[[], Any]:
     return lambda: runner.infer(feed)
 
 
-def _tensorrt_unavailable() -> str | None:
+def tensorrt_unavailable_reason() -> str | None:
+    """Why the TensorRT plugin engine cannot run here, or None."""
     found = features.detect()
     if not found.cuda:
         return "no CUDA GPU on this machine (the fused CUDA kernel runs inside the TensorRT plugin)"
@@ -298,7 +299,7 @@ CONTENDERS = (
               "standard-ops export (body inlined) on ONNX Runtime CPU"),
     Contender("polynl-tensorrt-plugin", "polynl", "tensorrt", _tensorrt,
               "custom-op export on TensorRT with the PolyNL plugin (fused CUDA kernel); numpy in and out",
-              _tensorrt_unavailable),
+              tensorrt_unavailable_reason),
     *(Contender(name, "nonlocal", "torch", _nonlocal(name), f"NonLocal2d {mode}, eager PyTorch (quadratic)",
                 devices=BOTH)
       for name, mode in NONLOCAL_MODES.items()),

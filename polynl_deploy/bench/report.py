@@ -174,14 +174,20 @@ def render(result: BenchResult, console) -> None:
         console.print(table)
 
     if result.models or result.models_note:
-        table = Table(title="zoo models end to end (median ms)")
-        for column in ("model", "input", "eager", "ORT custom-op", "eager/ORT", "max |diff|", "status"):
+        backends = list(dict.fromkeys(name for m in result.models for name in m.backends))
+        table = Table(title="zoo models end to end (median ms; speed-up and max |diff| against eager)")
+        for column in ("model", "device", "input", *backends, *(f"eager/{b}" for b in backends[1:]),
+                       "max |diff|", "status"):
             table.add_column(column)
         for m in result.models:
-            table.add_row(m.model, "x".join(map(str, (m.batch, *m.input_shape))), _ms(m.eager_median_ms),
-                          _ms(m.ort_median_ms), "-" if m.eager_over_ort is None else f"{m.eager_over_ort:.2f}x",
-                          "-" if m.max_abs_error is None else f"{m.max_abs_error:.1e}",
-                          m.status + (f": {m.reason}" if m.reason else ""))
+            timings = [m.backends.get(b) for b in backends]
+            errors = [f"{t.max_abs_error:.1e}" for t in timings[1:] if t and t.max_abs_error is not None]
+            notes = [f"{b}: {t.reason}" for b, t in zip(backends, timings) if t and t.status != "ok"]
+            table.add_row(m.model, m.device, "x".join(map(str, (m.batch, *m.input_shape))),
+                          *(_ms(t.median_ms if t else None) for t in timings),
+                          *("-" if not t or t.eager_over is None else f"{t.eager_over:.2f}x" for t in timings[1:]),
+                          " / ".join(errors) or "-", "; ".join([m.status + (f": {m.reason}" if m.reason else "")]
+                                                              + notes))
         if result.models:
             console.print(table)
         if result.models_note:

@@ -178,20 +178,28 @@ MEASUREMENT_COLUMNS = tuple(f.name for f in Measurement.__dataclass_fields__.val
 
 
 @dataclass
+class ModelTiming:
+    """One backend on one zoo model: median and IQR in ms, speed-up over eager, max |diff| from eager."""
+
+    status: str
+    reason: str = ""
+    median_ms: float | None = None
+    iqr_ms: float | None = None
+    eager_over: float | None = None
+    max_abs_error: float | None = None
+
+
+@dataclass
 class ModelMeasurement:
-    """A zoo model end to end: eager PyTorch vs the custom-op export on ONNX Runtime."""
+    """A zoo model end to end on ``device``: each backend that ran, by name (eager first)."""
 
     model: str
     batch: int
     input_shape: tuple[int, ...]
+    device: str
     status: str
     reason: str = ""
-    eager_median_ms: float | None = None
-    eager_iqr_ms: float | None = None
-    ort_median_ms: float | None = None
-    ort_iqr_ms: float | None = None
-    eager_over_ort: float | None = None
-    max_abs_error: float | None = None
+    backends: dict[str, ModelTiming] = field(default_factory=dict)
 
 
 @dataclass

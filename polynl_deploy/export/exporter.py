@@ -18,7 +18,8 @@ from polynl_deploy.export.function_body import build_function
 from polynl_deploy.export.schema import register_schema
 from polynl_deploy.io import atomic_path
 from polynl_deploy.nn import POLYNL_BLOCKS
-from polynl_deploy.nn.functional import body_prefers_triangle_gram, body_prefers_unfolded
+from polynl_deploy.nn.functional import body_always_unfolded, body_gram_blocks, folded_min_positions
+from polynl_deploy.onnx_file import nodes_with_subgraphs
 
 Mode = Literal["custom-op", "standard-ops"]
 MODES = ("custom-op", "standard-ops")
@@ -31,7 +32,10 @@ class BlockInfo:
     layout: str
     channels: int
     inner_channels: int
-    form: str  # the form the function body uses: "folded" or "unfolded"
+    form: str
+    """The function body's form: "unfolded", or "folded" from ``folded_from_positions`` positions on
+    (unfolded below, decided per call)."""
+    folded_from_positions: int | None = None
 
 
 @dataclass
@@ -75,8 +79,10 @@ def replace_blocks(model: nn.Module) -> tuple[nn.Module, list[BlockInfo]]:
     blocks: list[BlockInfo] = []
 
     def info(name: str, block: nn.Module) -> BlockInfo:
-        form = "unfolded" if body_prefers_unfolded(block.layout, block.channels, block.inner_channels) else "folded"
-        return BlockInfo(name or "<root>", block.layout, block.channels, block.inner_channels, form)
+        if body_always_unfolded(block.layout, block.channels, block.inner_channels):
+            return BlockInfo(name or "<root>", block.layout, block.channels, block.inner_channels, "unfolded")
+        return BlockInfo(name or "<root>", block.layout, block.channels, block.inner_channels, "folded",
+                         folded_min_positions(block.channels, block.inner_channels))
 
     if isinstance(model, POLYNL_BLOCKS):
         return PolyNLNode(model, "<root>"), [info("", model)]
@@ -164,7 +170,7 @@ def _name_outputs(model: onnx.ModelProto) -> None:
 
 
 def _drop_unused_initializers(model: onnx.ModelProto) -> None:
-    used = {i for n in model.graph.node for i in n.input} | {o.name for o in model.graph.output}
+    used = {i for n in nodes_with_subgraphs(model.graph) for i in n.input} | {o.name for o in model.graph.output}
     kept = [t for t in model.graph.initializer if t.name in used]
     del model.graph.initializer[:]
     model.graph.initializer.extend(kept)
@@ -191,7 +197,8 @@ def attach_function(model: onnx.ModelProto) -> None:
 
 
 def to_standard_ops(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Replace every PolyNL node by its body, specialized for the node's layout and form (no If left)."""
+    """Replace every PolyNL node by its body, specialized for the node's layout and weights: no If left
+    but the choice by N (``nn.functional.body_prefers_unfolded``), and that one only where N is dynamic."""
     import onnxscript.optimizer
     from onnx.inliner import inline_local_functions
 
@@ -206,17 +213,19 @@ def to_standard_ops(model: onnx.ModelProto) -> onnx.ModelProto:
         wq = initializers.get(node.input[1])
         if wq is None:
             raise ExportError(f"node {node.name!r}: Wq is not an initializer; cannot pick the body form")
-        unfolded = body_prefers_unfolded(layout, wq.dims[0], wq.dims[1])
-        triangle_gram = body_prefers_triangle_gram(wq.dims[0])
-        form = "unfolded" if unfolded else "folded_triangle" if triangle_gram else "folded"
+        unfolded = body_always_unfolded(layout, wq.dims[0], wq.dims[1])
+        gram_blocks = body_gram_blocks(wq.dims[0])
+        form = "unfolded" if unfolded else f"by_positions_gram{gram_blocks}"
         name = f"{contract.OP_TYPE}_{layout}_{form}"
         if name not in specialized:
-            specialized[name] = build_function(opset, layout, unfolded, name=name, domain=_INLINE_DOMAIN,
-                                               triangle_gram=triangle_gram)
+            specialized[name] = build_function(opset, layout, True if unfolded else None, name=name,
+                                               domain=_INLINE_DOMAIN, gram_blocks=gram_blocks)
         node.op_type, node.domain = name, _INLINE_DOMAIN
     del model.functions[:]
     model.functions.extend(specialized.values())
     model.opset_import.append(onnx.helper.make_opsetid(_INLINE_DOMAIN, 1))
+    # Branch outputs that are constants (a bias) cannot be deduplicated; the optimizer logs each one.
+    logging.getLogger("onnx_ir.passes.common.initializer_deduplication").setLevel(logging.ERROR)
     optimized = onnxscript.optimizer.optimize(inline_local_functions(model))
     kept = [o for o in optimized.opset_import if o.domain not in (contract.DOMAIN, _INLINE_DOMAIN)]
     del optimized.opset_import[:]

@@ -7,7 +7,7 @@ Both forms return the pre-norm output projection P = ((X Wq + bq) * m) Wo + bo i
 from torch import Tensor
 
 from polynl_deploy.contract import LAYOUT_TOKENS
-from polynl_deploy.defaults import (BODY_TRIANGLE_GRAM_MIN_CHANNELS, BODY_UNFOLDED_TOKENS_MIN_CHANNELS,
+from polynl_deploy.defaults import (BODY_GRAM_BLOCKS, BODY_UNFOLDED_TOKENS_MIN_CHANNELS,
                                     FOLDED_FLOPS_MARGIN, UNFOLDED_MAX_RATIO)
 
 
@@ -69,13 +69,33 @@ def prefers_naive(channels: int, inner: int, positions: int | None = None) -> bo
     return prefers_unfolded(channels, inner) or few_positions
 
 
-def body_prefers_unfolded(layout: str, channels: int, inner: int) -> bool:
-    """The form of the exported ONNX function body: ``prefers_unfolded``, and token blocks with at
-    least BODY_UNFOLDED_TOKENS_MIN_CHANNELS channels."""
+def folded_min_positions(channels: int, inner: int) -> int | None:
+    """The fewest positions N at which ``folded_costs_more`` is False; None where it holds at every N.
+
+    ``folded_costs_more`` is den C (N + C') > 2 num N C', i.e. N (2 num C' - den C) < den C C'.
+    """
+    num, den = FOLDED_FLOPS_MARGIN
+    slope = 2 * num * inner - den * channels
+    if slope <= 0:
+        return None
+    return -(-den * channels * inner // slope)
+
+
+def body_prefers_unfolded(layout: str, channels: int, inner: int, positions: int | None = None) -> bool:
+    """The form of the exported ONNX function body: ``prefers_unfolded``, token blocks with at least
+    BODY_UNFOLDED_TOKENS_MIN_CHANNELS channels, and, decided per call at ``positions`` when given (the
+    body reads N from X's shape), ``folded_costs_more``."""
     wide_tokens = layout == LAYOUT_TOKENS and channels >= BODY_UNFOLDED_TOKENS_MIN_CHANNELS
-    return prefers_unfolded(channels, inner) or wide_tokens
+    few_positions = positions is not None and folded_costs_more(channels, inner, positions)
+    return prefers_unfolded(channels, inner) or wide_tokens or few_positions
 
 
-def body_prefers_triangle_gram(channels: int) -> bool:
-    """Whether the exported folded maps body builds X X^T from its upper block triangle."""
-    return channels >= BODY_TRIANGLE_GRAM_MIN_CHANNELS
+def body_always_unfolded(layout: str, channels: int, inner: int) -> bool:
+    """Whether the exported body computes the unfolded form at every N."""
+    return body_prefers_unfolded(layout, channels, inner) or folded_min_positions(channels, inner) is None
+
+
+def body_gram_blocks(channels: int) -> int:
+    """In how many channel blocks the exported folded maps body splits X to build X X^T from its upper
+    block triangle (1: one full product)."""
+    return next((blocks for min_channels, blocks in BODY_GRAM_BLOCKS if channels >= min_channels), 1)

@@ -4,8 +4,9 @@ network's own types decide). Float32 initializers and constants become the targe
 
 Model-local functions are left alone: the PolyNL body casts to float32 for its statistics and back
 with CastLike, so convert a custom-op file *before* inlining it (``to_standard_ops``) to keep the
-statistics in float32. Where a converted constant meets a float32 tensor in the main graph (a
-standard-ops file whose statistics path is float32), it gets a float32 copy instead.
+statistics in float32. Where a converted constant meets a float32 tensor (in the main graph or an
+If branch of a standard-ops file whose statistics path is float32), it gets a float32 copy instead;
+an If whose branches then return different float types has the float32 one cast down.
 """
 
 import copy
@@ -15,6 +16,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from polynl_deploy.errors import ExportError
+from polynl_deploy.onnx_file import graphs_with_subgraphs
 
 TARGET_TYPES = {"fp16": TensorProto.FLOAT16, "bf16": TensorProto.BFLOAT16}
 FLOAT = TensorProto.FLOAT
@@ -23,6 +25,7 @@ _MIXED_OK = {"Cast", "CastLike", "Shape", "Size", "Reshape", "Expand", "Slice", 
              "Upsample", "ConstantOfShape", "Tile", "Range", "BatchNormalization", "If", "Loop", "Scan"}
 """Ops whose float inputs may legitimately differ in type (or whose extra inputs are not data)."""
 _MAX_REPAIR_ROUNDS = 20
+_FP32_SUFFIX = "__fp32"
 
 
 def _to_numpy_type(values: np.ndarray, elem_type: int) -> np.ndarray:
@@ -38,14 +41,14 @@ def _converted_tensor(tensor: onnx.TensorProto, elem_type: int) -> onnx.TensorPr
 
 
 def _convert_constants(graph: onnx.GraphProto, elem_type: int) -> dict[str, onnx.TensorProto]:
-    """Float32 initializers and Constant/ConstantOfShape values to ``elem_type``; returns the float32
-    originals by name (for constants that must stay float32)."""
+    """Float32 initializers and Constant/ConstantOfShape values, in the graph and its subgraphs, to
+    ``elem_type``; returns the float32 originals by name (for constants that must stay float32)."""
     originals = {}
-    for index, tensor in enumerate(graph.initializer):
+    for tensor in (tensor for g in graphs_with_subgraphs(graph) for tensor in g.initializer):
         if tensor.data_type == FLOAT:
             originals[tensor.name] = copy.deepcopy(tensor)
-            graph.initializer[index].CopyFrom(_converted_tensor(tensor, elem_type))
-    for node in graph.node:
+            tensor.CopyFrom(_converted_tensor(tensor, elem_type))
+    for node in (node for g in graphs_with_subgraphs(graph) for node in g.node):
         if node.op_type not in ("Constant", "ConstantOfShape"):
             continue
         for attribute in node.attribute:
@@ -91,24 +94,25 @@ def _keep_io_fp32(graph: onnx.GraphProto, elem_type: int) -> None:
 
 
 def _float_types(model: onnx.ModelProto) -> dict[str, int]:
-    """Element types of every typed value after (non-strict) shape inference."""
+    """Element types of every typed value, subgraphs included, after (non-strict) shape inference."""
     inferred = onnx.shape_inference.infer_shapes(model)
-    graph = inferred.graph
-    types = {t.name: t.data_type for t in graph.initializer}
-    for value in [*graph.input, *graph.output, *graph.value_info]:
-        if value.type.tensor_type.elem_type:
-            types[value.name] = value.type.tensor_type.elem_type
+    types = {t.name: t.data_type for t in inferred.graph.initializer}
+    for graph in graphs_with_subgraphs(inferred.graph):
+        for value in [*graph.input, *graph.output, *graph.value_info]:
+            if value.type.tensor_type.elem_type:
+                types[value.name] = value.type.tensor_type.elem_type
     return types
 
 
 def _repair_mixed_types(model: onnx.ModelProto, elem_type: int, originals: dict[str, onnx.TensorProto]) -> None:
     """Nodes that now mix float32 and ``elem_type`` inputs: their converted constants take a float32
     copy when a computed input is float32; otherwise float32 computed inputs are cast down."""
-    graph = model.graph
     for _ in range(_MAX_REPAIR_ROUNDS):
         types = _float_types(model)
         changed = False
-        for index, node in enumerate(list(graph.node)):
+        for graph, node in [(g, n) for g in graphs_with_subgraphs(model.graph) for n in g.node]:
+            if node.op_type == "If":
+                changed |= _align_branch_outputs(node, types, elem_type)
             if node.op_type in _MIXED_OK:
                 continue
             float_inputs = [(i, types.get(name)) for i, name in enumerate(node.input)
@@ -116,28 +120,55 @@ def _repair_mixed_types(model: onnx.ModelProto, elem_type: int, originals: dict[
             if len({t for _, t in float_inputs}) < 2:
                 continue
             computed_fp32 = [i for i, t in float_inputs if t == FLOAT and node.input[i] not in originals
-                             and not node.input[i].endswith("__fp32")]
-            if computed_fp32:
+                             and not node.input[i].endswith(_FP32_SUFFIX)]
+            if not computed_fp32:
+                # Only float32 copies of constants, made in a round that still saw a float32 input
+                # here (types upstream of an If settle over rounds): back to the converted constant.
                 for i, t in float_inputs:
-                    if t == elem_type and node.input[i] in originals:
-                        node.input[i] = _fp32_copy(graph, node.input[i], originals)
+                    if t == FLOAT and node.input[i].endswith(_FP32_SUFFIX):
+                        node.input[i] = node.input[i][:-len(_FP32_SUFFIX)]
                         changed = True
-                if changed:
-                    continue
-                for i in computed_fp32:
+            else:
+                constants = [i for i, t in float_inputs if t == elem_type and node.input[i] in originals]
+                for i in constants:
+                    node.input[i] = _fp32_copy(model.graph, node.input[i], originals)
+                for i in [] if constants else computed_fp32:
                     low = f"{node.input[i]}__to_{elem_type}"
                     position = list(graph.node).index(node)
                     graph.node.insert(position, helper.make_node("Cast", [node.input[i]], [low], to=elem_type))
                     node.input[i] = low
-                    changed = True
+                changed = True
         if not changed:
+            used = {name for g in graphs_with_subgraphs(model.graph) for n in g.node for name in n.input}
+            kept = [t for t in model.graph.initializer if not t.name.endswith(_FP32_SUFFIX) or t.name in used]
+            del model.graph.initializer[:]
+            model.graph.initializer.extend(kept)
             return
     raise ExportError("precision conversion: mixed float32/low-precision inputs remain after "
                       f"{_MAX_REPAIR_ROUNDS} repair rounds")
 
 
+def _align_branch_outputs(node: onnx.NodeProto, types: dict[str, int], elem_type: int) -> bool:
+    """An If whose branches return one output in float32 in one and ``elem_type`` in the other: the
+    float32 one is cast down at the end of its branch. Returns whether anything changed."""
+    then_branch, else_branch = (next(a.g for a in node.attribute if a.name == name)
+                                for name in ("then_branch", "else_branch"))
+    changed = False
+    for then_out, else_out in zip(then_branch.output, else_branch.output):
+        pair = {types.get(then_out.name), types.get(else_out.name)}
+        if pair != {FLOAT, elem_type}:
+            continue
+        branch, value = ((then_branch, then_out) if types.get(then_out.name) == FLOAT else (else_branch, else_out))
+        low = f"{value.name}__to_{elem_type}"
+        branch.node.append(helper.make_node("Cast", [value.name], [low], to=elem_type))
+        value.name = low
+        value.ClearField("type")
+        changed = True
+    return changed
+
+
 def _fp32_copy(graph: onnx.GraphProto, name: str, originals: dict[str, onnx.TensorProto]) -> str:
-    copy_name = f"{name}__fp32"
+    copy_name = name + _FP32_SUFFIX
     if not any(t.name == copy_name for t in graph.initializer):
         tensor = copy.deepcopy(originals[name])
         tensor.name = copy_name
@@ -160,7 +191,15 @@ def convert_precision(model: onnx.ModelProto, precision: str, *, keep_io_fp32: b
     else:
         _retype_io(graph.input, elem_type)
         _retype_io(graph.output, elem_type)
-    del graph.value_info[:]
+    constant_types = {t.name: t.data_type for g in graphs_with_subgraphs(graph) for t in g.initializer}
+    for subgraph in graphs_with_subgraphs(graph):
+        del subgraph.value_info[:]
+        if subgraph is not graph:  # branch outputs take their producers' new types
+            for value in subgraph.output:
+                if value.name in constant_types:
+                    value.type.tensor_type.elem_type = constant_types[value.name]
+                else:
+                    value.ClearField("type")
     _repair_mixed_types(model, elem_type, originals)
     onnx.helper.set_model_props(model, {**{p.key: p.value for p in model.metadata_props},
                                         PRECISION_KEY: precision})
