@@ -28,6 +28,9 @@ def bench(
     nonlocal_memory_cap_gib: Annotated[Optional[float], typer.Option(
         help="skip NonLocal2d where its B x N x N matrix exceeds this (GiB)")] = None,
     models: Annotated[bool, typer.Option(help="also time the zoo models end to end")] = True,
+    model: Annotated[Optional[list[str]], typer.Option(
+        help="time these zoo models end to end instead of the preset's (repeat the option)")] = None,
+    layers: Annotated[bool, typer.Option(help="run the layer sweep (--no-layers: zoo models only)")] = True,
     plots: Annotated[bool, typer.Option(help="write PNG plots")] = True,
 ):
     """Benchmark Poly-NL layers (eager, compiled, ONNX Runtime; on CUDA the fused kernel) against NonLocal2d
@@ -42,7 +45,11 @@ def bench(
     optional = {"repeats": repeats, "warmup": warmup, "threads": threads, "nonlocal_memory_cap_gib":
                 nonlocal_memory_cap_gib, "contenders": tuple(contender) if contender else None, "dtype": dtype}
     overrides.update({k: v for k, v in optional.items() if v is not None})
+    if model:
+        overrides["models"] = tuple(model)
     if not models:
         overrides["models"] = ()
+    if not layers:
+        overrides.update(map_sides=(), token_lengths=(), target=None)
     settings = BenchSettings.preset_named(chosen[0] if chosen else "quick", **overrides)
     render(run_bench(settings), Console())

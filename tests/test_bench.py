@@ -231,13 +231,13 @@ def test_zoo_models_run_on_every_backend_of_the_device(tmp_path):
         eager, ort = m.backends["eager"], m.backends["onnxruntime"]
         assert eager.max_abs_error is None and ort.max_abs_error < 1e-4
         assert ort.eager_over == pytest.approx(eager.median_ms / ort.median_ms)
-    assert "tensorrt not timed: TensorRT runs on a GPU" in result.models_note
+    assert "tensorrt not timed: TensorRT runs on a GPU: time it in a cuda run" in result.models_note
     document = json.loads((tmp_path / "results.json").read_text())
     assert document["models"][0]["backends"]["onnxruntime"]["status"] == "ok"
     console = Console(record=True, width=250)
     render(result, console)
     printed = console.export_text()
-    assert "polynl-marks-small" in printed and "eager/onnxruntime" in printed
+    assert "polynl-marks-small" in printed and "eager/ORT" in printed
 
 
 def test_a_failing_model_backend_is_reported_and_the_others_go_on(tmp_path, monkeypatch):
@@ -270,3 +270,60 @@ def test_zoo_models_on_cuda_match_eager(tmp_path):
     for name in expected[1:]:
         timing = record.backends[name]
         assert timing.status == "ok" and timing.max_abs_error < 1e-3, (name, timing)
+
+
+def test_cli_times_chosen_zoo_models_without_the_layer_sweep(tmp_path):
+    from conftest import run_cli
+
+    result = run_cli("bench", "--no-layers", "--model", "polynl-marks-small", "--repeats", "2", "--warmup", "0",
+                     "--no-plots", "--output-dir", tmp_path)
+    assert result.returncode == 0, result.stderr
+    document = json.loads((tmp_path / "results.json").read_text())
+    assert document["measurements"] == [] and [m["model"] for m in document["models"]] == ["polynl-marks-small"]
+    assert "zoo models end to end" in result.stdout
+    refused = run_cli("bench", "--no-layers", "--model", "no-such-model", "--output-dir", tmp_path / "x")
+    assert refused.returncode != 0 and "unknown zoo model(s) ['no-such-model']" in refused.stderr
+    assert not (tmp_path / "x").exists()
+
+
+def test_rounds_pool_every_call_and_keep_the_best_round(tmp_path):
+    settings = BenchSettings(map_sides=(4, 8), channels=(8,), repeats=2, warmup=0, rounds=3, progress=False,
+                             contenders=("polynl-naive-eager", "polynl-ort-custom-op", "floor-torch", "floor-ort",
+                                         "nonlocal-dot-product-eager"),
+                             target=Case("maps", 1, 8, 64), output_dir=tmp_path, plots=False)
+    result = run_bench(settings)
+    for m in result.measurements:
+        assert m.status == "ok" and m.rounds == 3 and m.repeats == 6, m
+        assert m.min_ms <= m.best_round_ms <= m.worst_round_ms <= m.max_ms
+        assert m.latency_ms == m.best_round_ms
+    (b,) = [t for t in result.targets if t.key == "b"]
+    naive, ort = (result.ok(name, settings.target) for name in ("polynl-naive-eager", "polynl-ort-custom-op"))
+    assert b.value == pytest.approx(naive.best_round_ms / ort.best_round_ms)
+    assert "best of 3 round medians" in b.basis
+    with pytest.raises(BenchSettingsError, match="rounds >= 1"):
+        BenchSettings(rounds=0)
+
+
+def test_a_contender_failing_in_a_later_round_is_reported_failed(tmp_path, monkeypatch):
+    from dataclasses import replace as dc_replace
+
+    from polynl_deploy.bench import contenders
+
+    def flaky(work):
+        calls = []
+
+        def call():
+            calls.append(1)
+            if len(calls) > 3:  # the prepare call and the first round's two
+                raise RuntimeError("device lost")
+            return torch.zeros(1)
+        return call
+
+    floor = next(c for c in contenders.CONTENDERS if c.name == "floor-torch")
+    monkeypatch.setattr(contenders, "CONTENDERS", tuple(dc_replace(c, prepare=flaky) if c is floor else c
+                                                        for c in contenders.CONTENDERS))
+    result = run_bench(BenchSettings(map_sides=(4,), channels=(8,), repeats=2, warmup=0, rounds=2, progress=False,
+                                     contenders=("polynl-naive-eager", "floor-torch"), target=None,
+                                     output_dir=tmp_path, plots=False))
+    statuses = {m.contender: (m.status, m.reason) for m in result.measurements}
+    assert statuses == {"polynl-naive-eager": ("ok", ""), "floor-torch": ("failed", "RuntimeError: device lost")}

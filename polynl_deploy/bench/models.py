@@ -11,7 +11,7 @@ import torch
 
 from polynl_deploy import features
 from polynl_deploy.bench.contenders import tensorrt_unavailable_reason
-from polynl_deploy.bench.settings import BenchSettings, ModelMeasurement, ModelTiming
+from polynl_deploy.bench.settings import BenchSettings, BenchSettingsError, ModelMeasurement, ModelTiming
 from polynl_deploy.bench.timing import time_calls
 
 EAGER = "eager"
@@ -75,7 +75,7 @@ def _tensorrt(work: ModelWork) -> Callable[[], np.ndarray]:
 
 def _tensorrt_unavailable(device: str) -> str | None:
     if device != "cuda":
-        return "TensorRT runs on a GPU: time it with --device cuda"
+        return "TensorRT runs on a GPU: time it in a cuda run (polynl bench --gpu)"
     return tensorrt_unavailable_reason()
 
 
@@ -97,9 +97,17 @@ def registry_or_reason():
         from polynl_models import registry
     except ImportError as exc:
         return None, f"polynl_models.registry is not available ({exc}); model-level benchmarks skipped"
-    if not all(hasattr(registry, name) for name in ("build_model", "get_spec")):
-        return None, "polynl_models.registry lacks build_model/get_spec; model-level benchmarks skipped"
+    if not all(hasattr(registry, name) for name in ("build_model", "get_spec", "list_models")):
+        return None, "polynl_models.registry lacks build_model/get_spec/list_models; model-level benchmarks skipped"
     return registry, ""
+
+
+def check_model_names(names: tuple[str, ...]) -> None:
+    """Refuse names the zoo registry does not know (before anything is timed)."""
+    registry, _ = registry_or_reason()
+    unknown = [name for name in names if registry is not None and name not in registry.list_models()]
+    if unknown:
+        raise BenchSettingsError(f"unknown zoo model(s) {unknown}; known: {registry.list_models()}")
 
 
 def _time(call: Callable[[], np.ndarray], settings: BenchSettings,

@@ -11,6 +11,7 @@ from polynl_deploy.bench.settings import MEASUREMENT_COLUMNS, BenchResult, Measu
 from polynl_deploy.io import atomic_path, write_bytes_atomic
 
 NONLOCAL_NAMES = tuple(NONLOCAL_LABELS)
+MODEL_BACKEND_LABELS = {"onnxruntime": "ORT", "tensorrt": "TRT"}
 TARGET_FORMATS = {"d": "{:.2f}", "e": "{:.0%}"}
 """How each target's figure prints: exponents plain, bandwidth fractions in percent, ratios otherwise as 1.23x."""
 
@@ -44,7 +45,7 @@ def _groups(measurements: list[Measurement], layout: str) -> tuple[list[int], li
 
 
 def _series(measurements, layout, batch, channels, contender) -> tuple[list[int], list[float]]:
-    points = sorted((m.positions, m.median_ms) for m in measurements if m.status == "ok" and m.contender == contender
+    points = sorted((m.positions, m.latency_ms) for m in measurements if m.status == "ok" and m.contender == contender
                     and (m.layout, m.batch, m.channels) == (layout, batch, channels))
     return [p for p, _ in points], [t for _, t in points]
 
@@ -84,7 +85,7 @@ def plot_latency(measurements: list[Measurement], layout: str, path: Path) -> bo
                 ax.loglog(n, t, marker="o", label=contender,
                           linestyle="--" if contender.startswith(("floor", "nonlocal")) else "-")
 
-    _plot_panels(measurements, layout, path, "median latency (ms)", draw)
+    _plot_panels(measurements, layout, path, "latency (ms, best round median)", draw)
     return True
 
 
@@ -94,7 +95,7 @@ def plot_speedup(measurements: list[Measurement], layout: str, path: Path) -> bo
     for m in measurements:
         if m.status == "ok" and m.contender in NONLOCAL_NAMES:
             key = (m.layout, m.batch, m.channels, m.positions)
-            nonlocal_times[key] = min(nonlocal_times.get(key, math.inf), m.median_ms)
+            nonlocal_times[key] = min(nonlocal_times.get(key, math.inf), m.latency_ms)
     if not _groups(measurements, layout)[0] or not any(k[0] == layout for k in nonlocal_times):
         return False
     polynl = list(dict.fromkeys(m.contender for m in measurements if m.status == "ok" and m.family == "polynl"))
@@ -155,7 +156,9 @@ def render(result: BenchResult, console) -> None:
                       highlight=False)
 
     if result.target_case and result.targets:
-        table = Table(title=f"targets at {result.target_case.label()} (medians)")
+        rounds = result.settings.rounds
+        statistic = "medians" if rounds == 1 else f"best of {rounds} round medians"
+        table = Table(title=f"targets at {result.target_case.label()} ({statistic})")
         for column in ("", "figure", "measured", "target", "met", "basis"):
             table.add_column(column, overflow="fold")
         for t in result.targets:
@@ -176,9 +179,10 @@ def render(result: BenchResult, console) -> None:
     if result.models or result.models_note:
         backends = list(dict.fromkeys(name for m in result.models for name in m.backends))
         table = Table(title="zoo models end to end (median ms; speed-up and max |diff| against eager)")
-        for column in ("model", "device", "input", *backends, *(f"eager/{b}" for b in backends[1:]),
-                       "max |diff|", "status"):
-            table.add_column(column)
+        labels = [MODEL_BACKEND_LABELS.get(b, b) for b in backends]
+        for column in ("model", "device", "input", *labels, *(f"eager/{b}" for b in labels[1:]), "max |diff|",
+                       "status"):
+            table.add_column(column, overflow="fold")
         for m in result.models:
             timings = [m.backends.get(b) for b in backends]
             errors = [f"{t.max_abs_error:.1e}" for t in timings[1:] if t and t.max_abs_error is not None]

@@ -12,10 +12,11 @@ import torch
 from polynl_deploy.bench import contenders as registry
 from polynl_deploy.bench.analysis import evaluate_gpu_targets, evaluate_targets, fit_all
 from polynl_deploy.bench.contenders import REFERENCES, Contender, Workload, as_arrays, build_layer_modules
-from polynl_deploy.bench.models import run_models
+from polynl_deploy.bench.models import check_model_names, run_models
 from polynl_deploy.bench.report import write_outputs
 from polynl_deploy.bench.settings import BenchResult, BenchSettings, BenchSettingsError, Case, Measurement
-from polynl_deploy.bench.timing import call_with_cuda_peak_memory, call_with_peak_memory, time_calls, time_cuda_calls
+from polynl_deploy.bench.timing import (call_with_cuda_peak_memory, call_with_peak_memory, summarize, time_calls,
+                                        time_cuda_calls)
 
 GIB = 1024 ** 3
 
@@ -78,15 +79,17 @@ class _Sweep:
         return Workload(case, self.modules[key], self.threads, self.settings.seed, self.settings.device,
                         self.settings.dtype)
 
-    def measure(self, contender: Contender, work: Workload, references: dict) -> Measurement:
+    def prepare(self, contender: Contender, work: Workload, references: dict):
+        """The record of ``contender`` at this case and its timed call: prepared, run once (peak memory,
+        outputs against the family's reference). The call is None where the contender is skipped or failed."""
         case, settings = work.case, self.settings
         group = (contender.name, case.layout, case.batch, case.channels)
         if contender.name in self.dropped:
-            return _record(contender, case, "skipped", settings, self.dropped[contender.name])
+            return _record(contender, case, "skipped", settings, self.dropped[contender.name]), None
         if contender.family == "nonlocal":
             reason = nonlocal_skip_reason(case, settings, self.last_ok.get(group))
             if reason:
-                return _record(contender, case, "skipped", settings, reason)
+                return _record(contender, case, "skipped", settings, reason), None
         record = _record(contender, case, "ok", settings)
         on_gpu = settings.device == "cuda"
         try:
@@ -96,27 +99,65 @@ class _Sweep:
             output, record.peak_memory_mib = (call_with_cuda_peak_memory if on_gpu else call_with_peak_memory)(call)
             arrays = as_arrays(output)
             del output
-            timing = (time_cuda_calls if on_gpu else time_calls)(
-                call, warmup=settings.warmup, repeats=settings.repeats, budget_s=settings.measurement_budget_s)
         except Exception as exc:  # one failing contender must not end the sweep
-            reason = f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:200]}"
-            if contender.name == "polynl-naive-compile":
-                self.dropped[contender.name] = f"skipped: torch.compile failed earlier ({reason})"
-            return _record(contender, case, "failed", settings, reason)
+            return self._failed(contender, case, exc), None
         if contender.name == "polynl-naive-compile" and record.prepare_s > settings.compile_budget_s:
             self.dropped[contender.name] = (f"skipped: compiling took {record.prepare_s:.0f} s "
                                             f"> budget {settings.compile_budget_s:g} s (compile_budget_s)")
-        record.median_ms, record.q1_ms, record.q3_ms = timing.median * 1e3, timing.q1 * 1e3, timing.q3 * 1e3
-        record.min_ms, record.max_ms, record.repeats = timing.minimum * 1e3, timing.maximum * 1e3, timing.repeats
-        record.gflops_vs_floor = case.floor_flops / 1e9 / timing.median
         reference = REFERENCES.get(contender.family)
         if reference == contender.name:
             references[contender.family] = arrays
         elif contender.family in references:
             record.max_abs_error = _max_abs_error(arrays, references[contender.family])
             record.error_reference = reference
-        self.last_ok[group] = record
+        return record, call
+
+    def time_round(self, contender: Contender, record: Measurement, call, rounds: list) -> Measurement | None:
+        """One round of timed calls into ``rounds``; a failed record instead if the call raises."""
+        settings = self.settings
+        try:
+            rounds.append((time_cuda_calls if settings.device == "cuda" else time_calls)(
+                call, warmup=settings.warmup, repeats=settings.repeats, budget_s=settings.measurement_budget_s))
+        except Exception as exc:  # as in prepare
+            return self._failed(contender, record.case, exc)
+        return None
+
+    def finish(self, record: Measurement, rounds: list) -> Measurement:
+        """Statistics over every round's calls, the best and worst round medians."""
+        pooled = summarize([t for timing in rounds for t in timing.samples])
+        record.median_ms, record.q1_ms, record.q3_ms = pooled.median * 1e3, pooled.q1 * 1e3, pooled.q3 * 1e3
+        record.min_ms, record.max_ms, record.repeats = pooled.minimum * 1e3, pooled.maximum * 1e3, pooled.repeats
+        record.rounds = len(rounds)
+        record.best_round_ms = min(t.median for t in rounds) * 1e3
+        record.worst_round_ms = max(t.median for t in rounds) * 1e3
+        record.gflops_vs_floor = record.case.floor_flops / 1e6 / record.latency_ms
+        self.last_ok[(record.contender, record.layout, record.batch, record.channels)] = record
         return record
+
+    def _failed(self, contender: Contender, case: Case, exc: Exception) -> Measurement:
+        reason = f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:200]}"
+        if contender.name == "polynl-naive-compile":
+            self.dropped[contender.name] = f"skipped: torch.compile failed earlier ({reason})"
+        return _record(contender, case, "failed", self.settings, reason)
+
+    def measure_case(self, case: Case, contenders: list[Contender], advance) -> list[Measurement]:
+        """Every contender at ``case``: prepared one after another, then timed in ``rounds`` turns."""
+        work, references = self.workload(case), {}
+        prepared = []
+        for contender in contenders:
+            advance(f"{case.label()}  {contender.name} (prepare)", 0)
+            prepared.append((contender, *self.prepare(contender, work, references), []))
+        del references
+        results: dict[str, Measurement] = {}
+        for index in range(self.settings.rounds):
+            for contender, record, call, rounds in prepared:
+                advance(f"{case.label()}  {contender.name} (round {index + 1})", 1)
+                if call is not None and contender.name not in results:
+                    failed = self.time_round(contender, record, call, rounds)
+                    if failed is not None:
+                        results[contender.name] = failed
+        return [results.get(contender.name) or (self.finish(record, rounds) if call is not None else record)
+                for contender, record, call, rounds in prepared]
 
 
 def _progress(enabled: bool):
@@ -131,6 +172,7 @@ def run_bench(settings: BenchSettings) -> BenchResult:
     time the zoo models, and write CSV, JSON and plots to ``settings.output_dir``."""
     if settings.device == "cuda" and not torch.cuda.is_available():
         raise BenchSettingsError("device 'cuda' needs a CUDA GPU, and torch.cuda.is_available() is False here")
+    check_model_names(settings.models)
     threads = settings.threads or torch.get_num_threads()
     torch.set_num_threads(threads)
     selected = registry.select(settings.contenders, settings.device)
@@ -140,17 +182,15 @@ def run_bench(settings: BenchSettings) -> BenchResult:
     cases = settings.cases()
     with tempfile.TemporaryDirectory(prefix="polynl-bench-") as tmp, _progress(settings.progress) as progress:
         sweep = _Sweep(settings, threads, Path(tmp))
-        task = progress.add_task("sweep", total=len(cases) * len(active)) if progress else None
+        task = progress.add_task("sweep", total=len(cases) * len(active) * settings.rounds) if progress else None
+
+        def advance(description: str, steps: int) -> None:
+            if progress:
+                progress.update(task, description=description, advance=steps)
+
         with torch.inference_mode():
             for case in cases:
-                work, references = sweep.workload(case), {}
-                for contender in active:
-                    if progress:
-                        progress.update(task, description=f"{case.label()}  {contender.name}")
-                    result.measurements.append(sweep.measure(contender, work, references))
-                    if progress:
-                        progress.advance(task)
-                del work, references
+                result.measurements.extend(sweep.measure_case(case, active, advance))
         result.models, result.models_note = run_models(settings, threads, Path(tmp), progress)
     result.fits = fit_all(result.measurements)
     if settings.target is not None:

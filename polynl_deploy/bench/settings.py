@@ -70,6 +70,10 @@ class BenchSettings:
     warmup: int = 2
     measurement_budget_s: float = 5.0
     """Repeats stop early (after at least 3) once one measurement has used this much time."""
+    rounds: int = 1
+    """Each case's contenders are timed this many times in turn, ``repeats`` calls each time. A
+    measurement's ``best_round_ms`` (its fastest round's median) is what fits and targets use: on a
+    shared host a slow phase lasting seconds then costs one contender one round, not its figure."""
     nonlocal_memory_cap_gib: float = 4.0
     """NonLocal2d is skipped where its B x N x N fp32 pairwise matrix would exceed this."""
     nonlocal_time_budget_s: float = 20.0
@@ -90,8 +94,9 @@ class BenchSettings:
 
     def __post_init__(self) -> None:
         self.output_dir = Path(self.output_dir)
-        if self.repeats < 1 or self.warmup < 0:
-            raise BenchSettingsError(f"need repeats >= 1 and warmup >= 0, got {self.repeats}, {self.warmup}")
+        if self.repeats < 1 or self.warmup < 0 or self.rounds < 1:
+            raise BenchSettingsError(f"need repeats >= 1, warmup >= 0 and rounds >= 1, got {self.repeats}, "
+                                     f"{self.warmup}, {self.rounds}")
         if self.device not in DEVICES or self.dtype not in DTYPES:
             raise BenchSettingsError(f"device must be one of {DEVICES} and dtype one of {DTYPES}, "
                                      f"got {self.device!r}, {self.dtype!r}")
@@ -118,7 +123,7 @@ class BenchSettings:
                          models=("polynl-resnet-small", "polynl-tokens-small", "polynl-marks-small"),
                          target=Case(contract.LAYOUT_MAPS, 1, 256, 64 * 64)),
             # The exponents need several N: the target size is the largest of four, all at C=256, batch 1.
-            "targets": cls(preset="targets", map_sides=(32, 64, 96, 128), channels=(256,), repeats=15,
+            "targets": cls(preset="targets", map_sides=(32, 64, 96, 128), channels=(256,), repeats=15, rounds=3,
                            measurement_budget_s=8.0, nonlocal_time_budget_s=30.0),
             "full": cls(preset="full", map_sides=(32, 64, 128, 256), token_lengths=(256, 1024, 4096, 16384),
                         channels=(64, 256, 1024), batches=(1, 8), models=tuple(_zoo_names())),
@@ -159,11 +164,16 @@ class Measurement:
     min_ms: float | None = None
     max_ms: float | None = None
     repeats: int = 0
+    """Timed calls over all rounds; median, quartiles, min and max are over all of them."""
+    rounds: int = 0
+    best_round_ms: float | None = None
+    """The fastest round's median: the figure fits and targets use."""
+    worst_round_ms: float | None = None
     prepare_s: float | None = None
     peak_memory_mib: float | None = None
     floor_gflop: float = 0.0
     gflops_vs_floor: float | None = None
-    """Floor FLOPs / median latency: how close the contender runs to the floor's work rate."""
+    """Floor FLOPs / ``latency_ms``: how close the contender runs to the floor's work rate."""
     max_abs_error: float | None = None
     error_reference: str = ""
     device: str = "cpu"
@@ -172,6 +182,11 @@ class Measurement:
     @property
     def case(self) -> Case:
         return Case(self.layout, self.batch, self.channels, self.positions, self.channels // self.inner_channels)
+
+    @property
+    def latency_ms(self) -> float | None:
+        """The latency fits and targets use: the best round's median (the median with one round)."""
+        return self.best_round_ms if self.best_round_ms is not None else self.median_ms
 
 
 MEASUREMENT_COLUMNS = tuple(f.name for f in Measurement.__dataclass_fields__.values())

@@ -33,6 +33,7 @@ class Timing:
     minimum: float
     maximum: float
     repeats: int
+    samples: tuple[float, ...] = ()
 
 
 def summarize(samples: list[float]) -> Timing:
@@ -40,7 +41,7 @@ def summarize(samples: list[float]) -> Timing:
         q1 = q3 = samples[0]
     else:
         q1, _, q3 = statistics.quantiles(samples, n=4, method="inclusive")
-    return Timing(statistics.median(samples), q1, q3, min(samples), max(samples), len(samples))
+    return Timing(statistics.median(samples), q1, q3, min(samples), max(samples), len(samples), tuple(samples))
 
 
 def time_calls(call: Callable[[], Any], *, warmup: int, repeats: int, budget_s: float) -> Timing:
