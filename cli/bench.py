@@ -21,6 +21,8 @@ def bench(
     output_dir: Annotated[Path, typer.Option(help="where CSV, JSON and plots go")] = Path("benchmarks/results"),
     repeats: Annotated[Optional[int], typer.Option(help="timed calls per measurement (preset default)")] = None,
     warmup: Annotated[Optional[int], typer.Option(help="untimed calls before timing (preset default)")] = None,
+    rounds: Annotated[Optional[int], typer.Option(help="times each case's contenders are timed in turn; fits and "
+                                                       "targets use each one's best round (preset default)")] = None,
     threads: Annotated[Optional[int], typer.Option(help="torch and ONNX Runtime intra-op threads "
                                                         "(default: torch.get_num_threads())")] = None,
     contender: Annotated[Optional[list[str]], typer.Option(help="run only these contenders (repeat the option)")
@@ -42,8 +44,9 @@ def bench(
     if len(chosen) > 1:
         raise typer.BadParameter(f"choose one of --quick, --targets, --full, --gpu (got {', '.join(chosen)})")
     overrides = {"output_dir": output_dir, "plots": plots}
-    optional = {"repeats": repeats, "warmup": warmup, "threads": threads, "nonlocal_memory_cap_gib":
-                nonlocal_memory_cap_gib, "contenders": tuple(contender) if contender else None, "dtype": dtype}
+    optional = {"repeats": repeats, "warmup": warmup, "rounds": rounds, "threads": threads,
+                "nonlocal_memory_cap_gib": nonlocal_memory_cap_gib,
+                "contenders": tuple(contender) if contender else None, "dtype": dtype}
     overrides.update({k: v for k, v in optional.items() if v is not None})
     if model:
         overrides["models"] = tuple(model)

@@ -283,6 +283,8 @@ def test_cli_times_chosen_zoo_models_without_the_layer_sweep(tmp_path):
     assert "zoo models end to end" in result.stdout
     refused = run_cli("bench", "--no-layers", "--model", "no-such-model", "--output-dir", tmp_path / "x")
     assert refused.returncode != 0 and "unknown zoo model(s) ['no-such-model']" in refused.stderr
+    refused = run_cli("bench", "--targets", "--rounds", "0", "--output-dir", tmp_path / "x")
+    assert refused.returncode != 0 and "rounds >= 1" in refused.stderr
     assert not (tmp_path / "x").exists()
 
 

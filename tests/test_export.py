@@ -288,14 +288,14 @@ def test_wide_token_blocks_export_the_unfolded_body(tmp_path, mode, block, shape
 
 
 def _condition_model(layout: str) -> onnx.ModelProto:
-    """X and Wq in, the body's prefers_unfolded condition out."""
+    """X and Wq in, the body's unfolded_condition out."""
     from onnx import TensorProto, helper
 
-    from polynl_deploy.export.function_body import _Block, prefers_unfolded
+    from polynl_deploy.export.function_body import _Block, unfolded_condition
 
     b = _Block("")
     channels, inner = b.op("Shape", "Wq", start=0, end=1), b.op("Shape", "Wq", start=1, end=2)
-    b.nodes.append(helper.make_node("Identity", [prefers_unfolded(b, layout, "X", channels, inner)], ["unfolded"]))
+    b.nodes.append(helper.make_node("Identity", [unfolded_condition(b, layout, "X", channels, inner)], ["unfolded"]))
     rank = 4 if layout == contract.LAYOUT_MAPS else 3
     graph = helper.make_graph(b.nodes, "condition",
                               [helper.make_tensor_value_info("X", TensorProto.FLOAT, [f"d{i}" for i in range(rank)]),

@@ -151,7 +151,7 @@ def _unfolded_tokens(b: _Block, w, x32, x, alpha, x_dtype_alpha) -> tuple[str, s
     return main, b.op("Unsqueeze", b.op("CastLike", w["bo"], x), b.const([0, 1]))
 
 
-def prefers_unfolded(b: _Block, layout: str, x: str, channels: str, inner: str) -> str:
+def unfolded_condition(b: _Block, layout: str, x: str, channels: str, inner: str) -> str:
     """Bool [1]: ``nn.functional.body_prefers_unfolded`` for X of ``layout`` and weights of C, C' channels.
 
     The conditions on C and C' alone are constant once the weights are known; the one on N
@@ -207,7 +207,7 @@ def _body(top: _Block, layout: str | None, unfolded: bool | None, gram_blocks: i
         then_b = b.branch(prefix + "u_", lambda c: list(unfolded_form(c)))
         else_b = b.branch(prefix + "f_", lambda c: list(folded_form(c)))
         inner = b.op("Shape", "Wq", start=1, end=2)
-        main, shift = b.multi_op("If", 2, prefers_unfolded(b, block_layout, x, channels, inner),
+        main, shift = b.multi_op("If", 2, unfolded_condition(b, block_layout, x, channels, inner),
                                  then_branch=then_b.graph("unfolded"), else_branch=else_b.graph("folded"))
         return b.op("Reshape", main, b.op("Shape", x)), shift
 
