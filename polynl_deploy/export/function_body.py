@@ -196,7 +196,7 @@ def _body(top: _Block, layout: str | None, unfolded: bool | None, gram_blocks: i
         """The unfolded form where the weights' shapes call for it or, per call, at few positions.
 
         One If on both conditions (``nn.functional.body_prefers_unfolded``): runtimes fold it where N
-        is static and decide per call where it is dynamic, about 12 us a block on ONNX Runtime CPU.
+        is static and decide per call where it is dynamic, up to about 12 us a block on ONNX Runtime CPU.
         An If on N nested in an If on the weights (which would fold where the weights alone decide)
         crashed ONNX Runtime 1.32 at session creation, or lost implicit inputs of the inner branches.
         """
