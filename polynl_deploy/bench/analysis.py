@@ -56,8 +56,8 @@ def find_fit(fits: list[ScalingFit], contender: str, case: Case) -> ScalingFit |
 
 
 def latency_at(result: BenchResult, contender: str, case: Case) -> tuple[float | None, str]:
-    """Latency (ms, ``Measurement.latency_ms``) of ``contender`` at ``case``: measured, else extrapolated from the largest
-    measured N of the same group with the group's fitted exponent; the basis says which."""
+    """Latency (ms, ``Measurement.latency_ms``) of ``contender`` at ``case``: measured, else extrapolated
+    from the largest measured N of the same group with the group's fitted exponent; the basis says which."""
     measured = result.ok(contender, case)
     if measured:
         return measured.latency_ms, "measured"

@@ -210,17 +210,22 @@ def _floor_ort(work: Workload) -> Callable[[], Any]:
     return lambda: session.run(["S", "Y"], feed)
 
 
-def _tensorrt(work: Workload) -> Callable[[], Any]:
+def tensorrt_engine_call(onnx_path: Path, plan: Path, x: np.ndarray) -> Callable[[], dict]:
+    """An engine with the PolyNL plugin built from ``onnx_path`` into ``plan``, run on ``x``: outputs by name."""
     from polynl_deploy.tensorrt.builder import build_engine
     from polynl_deploy.tensorrt.runner import TensorRTRunner
     from polynl_deploy.tensorrt.settings import BuildSettings
 
-    onnx_path = work.modules.onnx_path("custom-op")
-    plan = onnx_path.with_name(f"{onnx_path.stem}_{'x'.join(map(str, work.case.input_shape))}.plan")
     build_engine(BuildSettings(onnx_path, plan, show_progress=False))
     runner = TensorRTRunner(plan)
-    feed = {runner.input_specs[0].name: work.x_numpy}
+    feed = {runner.input_specs[0].name: x}
     return lambda: runner.infer(feed)
+
+
+def _tensorrt(work: Workload) -> Callable[[], Any]:
+    onnx_path = work.modules.onnx_path("custom-op")
+    plan = onnx_path.with_name(f"{onnx_path.stem}_{'x'.join(map(str, work.case.input_shape))}.plan")
+    return tensorrt_engine_call(onnx_path, plan, work.x_numpy)
 
 
 def tensorrt_unavailable_reason() -> str | None:

@@ -10,8 +10,9 @@ import numpy as np
 import torch
 
 from polynl_deploy import features
-from polynl_deploy.bench.contenders import tensorrt_unavailable_reason
-from polynl_deploy.bench.settings import BenchSettings, BenchSettingsError, ModelMeasurement, ModelTiming
+from polynl_deploy.bench.contenders import tensorrt_engine_call, tensorrt_unavailable_reason
+from polynl_deploy.bench.settings import (BenchSettings, BenchSettingsError, ModelMeasurement, ModelTiming,
+                                          failure_reason)
 from polynl_deploy.bench.timing import time_calls
 
 EAGER = "eager"
@@ -60,17 +61,9 @@ def _onnxruntime_unavailable(device: str) -> str | None:
 
 
 def _tensorrt(work: ModelWork) -> Callable[[], np.ndarray]:
-    from polynl_deploy.tensorrt.builder import build_engine
-    from polynl_deploy.tensorrt.runner import TensorRTRunner
-    from polynl_deploy.tensorrt.settings import BuildSettings
-
     onnx_path = work.onnx_path()
-    plan = onnx_path.with_suffix(".plan")
-    build_engine(BuildSettings(onnx_path, plan, show_progress=False))
-    runner = TensorRTRunner(plan)
-    feed = {runner.input_specs[0].name: work.x}
-    output = runner.output_names[0]
-    return lambda: runner.infer(feed)[output]
+    call = tensorrt_engine_call(onnx_path, onnx_path.with_suffix(".plan"), work.x)
+    return lambda: next(iter(call().values()))
 
 
 def _tensorrt_unavailable(device: str) -> str | None:
@@ -133,7 +126,7 @@ def measure_model(registry, name: str, settings: BenchSettings, threads: int, wo
         try:
             timing, output = _time(backend.prepare(work), settings, reference)
         except Exception as exc:  # a backend that cannot export, build or run this model
-            reason = f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:200]}"
+            reason = failure_reason(exc)
             record.backends[backend.name] = ModelTiming("failed", reason=reason)
             if backend.name == EAGER:
                 record.status, record.reason = "failed", f"eager: {reason}"

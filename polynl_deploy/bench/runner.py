@@ -14,7 +14,8 @@ from polynl_deploy.bench.analysis import evaluate_gpu_targets, evaluate_targets,
 from polynl_deploy.bench.contenders import REFERENCES, Contender, Workload, as_arrays, build_layer_modules
 from polynl_deploy.bench.models import check_model_names, run_models
 from polynl_deploy.bench.report import write_outputs
-from polynl_deploy.bench.settings import BenchResult, BenchSettings, BenchSettingsError, Case, Measurement
+from polynl_deploy.bench.settings import (BenchResult, BenchSettings, BenchSettingsError, Case, Measurement,
+                                          failure_reason)
 from polynl_deploy.bench.timing import (call_with_cuda_peak_memory, call_with_peak_memory, summarize, time_calls,
                                         time_cuda_calls)
 
@@ -135,7 +136,7 @@ class _Sweep:
         return record
 
     def _failed(self, contender: Contender, case: Case, exc: Exception) -> Measurement:
-        reason = f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:200]}"
+        reason = failure_reason(exc)
         if contender.name == "polynl-naive-compile":
             self.dropped[contender.name] = f"skipped: torch.compile failed earlier ({reason})"
         return _record(contender, case, "failed", self.settings, reason)

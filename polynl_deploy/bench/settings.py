@@ -189,6 +189,11 @@ class Measurement:
         return self.best_round_ms if self.best_round_ms is not None else self.median_ms
 
 
+def failure_reason(exc: Exception) -> str:
+    """The one-line reason a failed measurement carries: the exception type and its first line."""
+    return f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:200]}"
+
+
 MEASUREMENT_COLUMNS = tuple(f.name for f in Measurement.__dataclass_fields__.values())
 
 
