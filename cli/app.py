@@ -4,6 +4,7 @@ Imports of torch, onnx and onnxruntime happen inside the commands, so ``polynl -
 works on any machine. Errors of the toolkit exit with code 2, failed checks with code 1.
 """
 
+import copy
 import functools
 import json
 import sys
@@ -30,7 +31,9 @@ def handles_errors(command):
         try:
             return command(*args, **kwargs)
         except PolyNLError as exc:
-            err_console.print(f"[bold red]error[/] ({type(exc).__name__}): {exc}", highlight=False)
+            from rich.text import Text  # a Text is printed as is: no markup or :emoji: codes in messages
+            err_console.print(Text.assemble(("error", "bold red"), f" ({type(exc).__name__}): {exc}"),
+                              highlight=False, soft_wrap=True)
             raise typer.Exit(EXIT_BAD_INPUT) from None
     return wrapper
 
@@ -38,20 +41,6 @@ def handles_errors(command):
 def _shapes(values: Optional[list[str]]):
     from polynl_deploy.sources import parse_shape
     return [parse_shape(v) for v in values] if values else None
-
-
-def _per_output(values: Optional[list[str]]) -> dict[str, tuple[float, float]]:
-    """'name:atol:rtol' -> {name: (atol, rtol)}."""
-    from polynl_deploy.errors import PolyNLError
-    result = {}
-    for value in values or []:
-        name, _, rest = value.partition(":")
-        atol, _, rtol = rest.partition(":")
-        try:
-            result[name] = (float(atol), float(rtol))
-        except ValueError:
-            raise PolyNLError(f"bad --tolerance {value!r}: expected OUTPUT:ATOL:RTOL") from None
-    return result
 
 
 SourceArg = Annotated[str, typer.Argument(help="package.module:factory, or a zoo name (see `polynl models`)")]
@@ -67,7 +56,7 @@ def export(
     checkpoint: CheckpointOpt = None,
     input_shape: Annotated[Optional[list[str]], typer.Option(
         "--input-shape", help="example input shape with batch, e.g. 1x3x224x224 (repeat per input)")] = None,
-    opset: Annotated[Optional[int], typer.Option(help="default-domain ONNX opset")] = None,
+    opset: Annotated[Optional[int], typer.Option(help="default-domain ONNX opset (18 or later; default 20)")] = None,
     mode: Annotated[str, typer.Option(help="custom-op (one PolyNL node per block) or standard-ops")] = "custom-op",
     static: Annotated[bool, typer.Option("--static", help="fix every dimension to the example shape")] = False,
 ):
@@ -76,8 +65,8 @@ def export(
     from polynl_deploy.settings import ExportSettings
     from polynl_deploy.workflows import run_export
 
-    result = run_export(ExportSettings(source, output, checkpoint, _shapes(input_shape), opset or defaults.OPSET,
-                                       mode, dynamic=not static))
+    result = run_export(ExportSettings(source, output, checkpoint, _shapes(input_shape),
+                                       defaults.OPSET if opset is None else opset, mode, dynamic=not static))
     console.print(f"wrote [bold]{result.path}[/] ({result.mode}, opset {result.opset}, "
                   f"{len(result.blocks)} Poly-NL block(s))")
     for block in result.blocks:
@@ -106,12 +95,12 @@ def validate(
     load_inputs: Annotated[Optional[Path], typer.Option(help="use inputs saved with --save-inputs")] = None,
 ):
     """Run the same inputs through several backends and compare every output."""
-    from polynl_deploy.settings import ValidateSettings
+    from polynl_deploy.settings import ValidateSettings, parse_tolerances
     from polynl_deploy.validation import render
     from polynl_deploy.workflows import run_validate
 
     settings = ValidateSettings(onnx_path, source, checkpoint, tuple(b.strip() for b in backends.split(",")),
-                                seed, atol, rtol, _per_output(tolerance), report, save_inputs, load_inputs, engine)
+                                seed, atol, rtol, parse_tolerances(tolerance), report, save_inputs, load_inputs, engine)
     result = run_validate(settings)
     render(result, console)
     if not result.passed:
@@ -199,9 +188,12 @@ def _register_subcommands() -> None:
     app.command(help=bench.bench.__doc__)(handles_errors(bench.bench))
     app.command(help=serve.serve.__doc__)(handles_errors(serve.serve))
     app.command("triton-repo", help=serve.triton_repo.__doc__)(handles_errors(serve.triton_repo))
-    for command in surgeon.surgeon_app.registered_commands:
+    wrapped = typer.Typer(name="surgeon", help=surgeon.surgeon_app.info.help, no_args_is_help=True)
+    for command in surgeon.surgeon_app.registered_commands:  # copies: surgeon_app itself stays unwrapped
+        command = copy.copy(command)
         command.callback = handles_errors(command.callback)
-    app.add_typer(surgeon.surgeon_app, name="surgeon")
+        wrapped.registered_commands.append(command)
+    app.add_typer(wrapped, name="surgeon")
 
 
 _register_subcommands()

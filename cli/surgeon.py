@@ -21,6 +21,10 @@ def fuse(src: SrcArg, output: DstOpt):
 
     fused = fuse_file(src, output)
     console.print(f"wrote [bold]{output}[/]: fused {fused} Poly-NL block(s)")
+    if not fused:
+        console.print("[yellow]no Poly-NL block found: the output is an unchanged copy. fuse matches what a plain "
+                      "torch.onnx.export of PolyNL2d/PolyNLTokens produces; for a file exported with "
+                      "`polynl export --mode standard-ops`, export again with the default --mode custom-op")
 
 
 @surgeon_app.command()

@@ -14,19 +14,6 @@ console = Console()
 ShapesOpt = Optional[list[str]]
 
 
-def _shape_overrides(mins: ShapesOpt, opts: ShapesOpt, maxs: ShapesOpt):
-    """'[INPUT:]1x3x64x64' per option -> {input: ShapeOverride}; the name may be left out for one input ('')."""
-    from polynl_deploy.sources import parse_shape
-    from polynl_deploy.tensorrt.settings import ShapeOverride
-
-    overrides: dict[str, ShapeOverride] = {}
-    for key, values in (("min", mins), ("opt", opts), ("max", maxs)):
-        for value in values or []:
-            name, _, shape = value.rpartition(":")
-            setattr(overrides.setdefault(name, ShapeOverride()), key, parse_shape(shape))
-    return overrides
-
-
 def _resolve_unnamed(onnx_path: Path, overrides: dict) -> dict:
     """A shape given without INPUT: belongs to the model's only input."""
     if "" not in overrides:
@@ -41,6 +28,8 @@ def _resolve_unnamed(onnx_path: Path, overrides: dict) -> dict:
     unnamed, named = overrides.pop(""), overrides.setdefault(specs[0].name, ShapeOverride())
     for key in ("min", "opt", "max"):
         if getattr(unnamed, key) is not None:
+            if getattr(named, key) is not None:
+                raise BuildSettingsError(f"--{key} given twice for input {specs[0].name!r}")
             setattr(named, key, getattr(unnamed, key))
     return overrides
 
@@ -54,11 +43,13 @@ def build(
         "--sm", help="rtx: compute capability to build for (75, 80, 86, 89, 120, 121; repeatable)")] = None,
     precision: Annotated[str, typer.Option(help="fp32, fp16 or bf16 (the ONNX is converted first)")] = "fp32",
     keep_io_fp32: Annotated[bool, typer.Option("--keep-io-fp32", help="fp16/bf16 inside, float32 I/O")] = False,
+    tf32: Annotated[bool, typer.Option("--tf32", help="let float32 math round to TF32 (faster, ~1e-3 error)")] = False,
     min_shape: Annotated[ShapesOpt, typer.Option("--min", help="profile min, [INPUT:]1x3x8x8")] = None,
     opt_shape: Annotated[ShapesOpt, typer.Option("--opt", help="profile opt (default: the export's example)")] = None,
     max_shape: Annotated[ShapesOpt, typer.Option("--max", help="profile max (default: 2x the example)")] = None,
     timing_cache: Annotated[Optional[Path], typer.Option(help="timing cache to read and update (trt)")] = None,
-    workspace_mib: Annotated[Optional[int], typer.Option("--workspace-mib", help="workspace limit")] = None,
+    workspace_mib: Annotated[Optional[int], typer.Option(
+        "--workspace-mib", help="workspace limit, MiB (default: TensorRT's, the GPU's memory)")] = None,
     plugin: Annotated[Optional[Path], typer.Option(help="PolyNL plugin library (trt; default: "
                                                         "$POLYNL_PLUGIN_LIBRARY or plugins/build)")] = None,
     version_compatible: Annotated[bool, typer.Option(
@@ -69,12 +60,12 @@ def build(
 ):
     """Build a TensorRT engine from an exported ONNX file."""
     from polynl_deploy.tensorrt.builder import build_engine
-    from polynl_deploy.tensorrt.settings import BuildSettings
+    from polynl_deploy.tensorrt.settings import BuildSettings, parse_shape_overrides
 
-    overrides = _resolve_unnamed(onnx_path, _shape_overrides(min_shape, opt_shape, max_shape))
+    overrides = _resolve_unnamed(onnx_path, parse_shape_overrides(min_shape, opt_shape, max_shape))
     settings = BuildSettings(onnx_path, output, target=target, precision=precision, keep_io_fp32=keep_io_fp32,
-                             shape_overrides=overrides, timing_cache=timing_cache,
-                             workspace_bytes=workspace_mib * (1 << 20) if workspace_mib else None,
+                             tf32=tf32, shape_overrides=overrides, timing_cache=timing_cache,
+                             workspace_bytes=None if workspace_mib is None else workspace_mib * (1 << 20),
                              sms=tuple(sm or (89,)), plugin_library=plugin, version_compatible=version_compatible,
                              exclude_lean_runtime=exclude_lean_runtime)
     result = build_engine(settings)

@@ -64,6 +64,10 @@ class PolyNLTokensClassifier(nn.Module):
         self.blocks = nn.Sequential(*(PolyNLTokenBlock(dim, mlp_ratio, reduction) for _ in range(depth)))
         self.head = nn.Linear(dim, num_classes)
 
+    def onnx_dynamic_axes(self) -> list[dict[int, str]]:
+        """Only the batch: the position table holds one code per patch of an ``image_size`` image."""
+        return [{0: "batch"}]
+
     def forward(self, images: Tensor) -> Tensor:
         tokens = self.patch_embed(images).flatten(2).transpose(1, 2)  # (B, N, dim)
         tokens = self.blocks(tokens + self.positions)

@@ -3,6 +3,14 @@
 OPSET = 20
 """Default ONNX opset of exported models (default domain)."""
 
+OPSET_MIN = 18
+"""Lowest opset export accepts: torch.onnx's dynamo exporter implements ops from opset 18 on, and its
+down-conversion below that fails or silently keeps 18. The highest is what the onnx package knows."""
+
+EXAMPLE_MAX_ELEMENTS = 1 << 28
+"""Largest example input export makes (elements; 1 GiB of float32): dynamic axes make a small example
+enough, and a larger one would only exhaust memory while tracing."""
+
 SEED = 0
 
 # Per-dtype tolerances for validate: |a - b| <= atol + rtol * |b|.

@@ -8,12 +8,17 @@ from pathlib import Path
 import numpy as np
 
 from polynl_deploy import defaults, features
+from polynl_deploy.errors import SettingsError, SourceError
 from polynl_deploy.export.exporter import ExportResult, export_onnx
 from polynl_deploy.inspection import ModelSummary, inspect_model, to_json
-from polynl_deploy.io import write_bytes_atomic
+from polynl_deploy.io import check_outputs, staged_directory
 from polynl_deploy.settings import DemoSettings
-from polynl_deploy.sources import load_source
+from polynl_deploy.sources import LoadedSource, load_source
 from polynl_deploy.validation import ValidationReport, compare_runners, model_input_specs, save_inputs
+
+
+ARTIFACTS = ("model.onnx", "inspect.json", "inputs.npz", "report.json")
+"""What ``run_demo`` writes into its output folder."""
 
 
 @dataclass
@@ -34,7 +39,10 @@ class DemoResult:
 def _held_out(settings: DemoSettings) -> tuple[np.ndarray, np.ndarray]:
     from polynl_models.data import held_out_split
     images, labels = held_out_split()
-    if settings.samples:
+    if settings.samples is not None:
+        if settings.samples > len(images):
+            raise SettingsError(f"samples: the held-out split of {settings.model} has {len(images)} samples, "
+                                f"{settings.samples} were asked for")
         images, labels = images[: settings.samples], labels[: settings.samples]
     return images.numpy(), labels.numpy()
 
@@ -62,41 +70,55 @@ def _runners(onnx_path: Path, model) -> tuple[dict, dict[str, str]]:
 
 
 def run_demo(settings: DemoSettings, on_step=lambda message: None) -> DemoResult:
-    """Export + inspect + validate the shipped model; artifacts land in ``settings.output_dir``."""
+    """Export + inspect + validate the shipped model; the artifacts are built in a folder beside
+    ``settings.output_dir`` and land there only if every step succeeds."""
     start = time.perf_counter()
     out = Path(settings.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    check_outputs(directories=[out], files=[out / name for name in ARTIFACTS])
     on_step(f"loading {settings.model} with its shipped checkpoint")
     loaded = load_source(settings.model)
+    images, labels = _held_out(settings)
+    _check_takes_images(loaded, images)
     onnx_path = out / "model.onnx"
     on_step(f"exporting to {onnx_path}")
-    exported = export_onnx(loaded.model, loaded.example_inputs(), onnx_path, source=settings.model)
-    summary = inspect_model(onnx_path)
-    write_bytes_atomic(out / "inspect.json", to_json(summary).encode())
+    with staged_directory(out) as staging:
+        staged_onnx = staging / "model.onnx"
+        exported = export_onnx(loaded.model, loaded.example_inputs(), staged_onnx, source=settings.model)
+        summary = inspect_model(staged_onnx)
 
-    images, labels = _held_out(settings)
-    input_name = exported.inputs[0]["name"]
-    feeds = [{input_name: images[i:i + settings.batch_size]} for i in range(0, len(images), settings.batch_size)]
-    save_inputs(out / "inputs.npz", feeds)
-    runners, skipped = _runners(onnx_path, loaded.model)
-    on_step(f"validating {', '.join(runners)} on {len(images)} held-out samples")
-    report = compare_runners(onnx_path, runners, inputs=feeds)
+        input_name = exported.inputs[0]["name"]
+        feeds = [{input_name: images[i:i + settings.batch_size]} for i in range(0, len(images), settings.batch_size)]
+        save_inputs(staging / "inputs.npz", feeds)
+        runners, skipped = _runners(staged_onnx, loaded.model)
+        on_step(f"validating {', '.join(runners)} on {len(images)} held-out samples")
+        report = compare_runners(staged_onnx, runners, inputs=feeds)
+        # results and JSON files name where the model lands, not the staging folder
+        exported.path, summary.path, report.model = onnx_path, str(onnx_path), str(onnx_path)
 
-    accuracy, agreement = {}, {}
-    predictions = {name: np.concatenate([o[exported.outputs[0]["name"]].argmax(axis=1) for o in outputs])
-                   for name, outputs in report.outputs.items()}
-    for name, predicted in predictions.items():
-        accuracy[name] = float((predicted == labels).mean())
-        if name != report.reference:
-            agreement[name] = float((predicted == predictions[report.reference]).mean())
-            report.extra_checks[f"labels {name} vs {report.reference}"] = {
-                "agreement": agreement[name], "required": defaults.LABEL_AGREEMENT_MIN,
-                "passed": agreement[name] >= defaults.LABEL_AGREEMENT_MIN}
-    result = DemoResult(exported, summary, report, accuracy, agreement, skipped, time.perf_counter() - start)
-    payload = json.loads(report.to_json())
-    payload.update(accuracy=accuracy, label_agreement=agreement, skipped=skipped, seconds=result.seconds)
-    write_bytes_atomic(out / "report.json", json.dumps(payload, indent=2).encode())
+        accuracy, agreement = {}, {}
+        predictions = {name: np.concatenate([o[exported.outputs[0]["name"]].argmax(axis=1) for o in outputs])
+                       for name, outputs in report.outputs.items()}
+        for name, predicted in predictions.items():
+            accuracy[name] = float((predicted == labels).mean())
+            if name != report.reference:
+                agreement[name] = float((predicted == predictions[report.reference]).mean())
+                report.extra_checks[f"labels {name} vs {report.reference}"] = {
+                    "agreement": agreement[name], "required": defaults.LABEL_AGREEMENT_MIN,
+                    "passed": agreement[name] >= defaults.LABEL_AGREEMENT_MIN}
+        result = DemoResult(exported, summary, report, accuracy, agreement, skipped, time.perf_counter() - start)
+        payload = json.loads(report.to_json())
+        payload.update(accuracy=accuracy, label_agreement=agreement, skipped=skipped, seconds=result.seconds)
+        (staging / "inspect.json").write_text(to_json(summary))
+        (staging / "report.json").write_text(json.dumps(payload, indent=2))
     return result
+
+
+def _check_takes_images(loaded: LoadedSource, images: np.ndarray) -> None:
+    """Fail before anything is exported when the model's input does not fit the held-out images."""
+    expected = tuple(loaded.input_shapes[0][1:]) if loaded.input_shapes else None
+    if expected is not None and expected != images.shape[1:]:
+        raise SourceError(f"demo model {loaded.name} takes inputs of shape {expected}, but the held-out images "
+                          f"are {images.shape[1:]}: use a model trained on them, such as {defaults.DEMO_MODEL}")
 
 
 def render(result: DemoResult, console) -> None:

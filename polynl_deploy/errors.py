@@ -21,8 +21,20 @@ class ExportError(PolyNLError):
     """torch.onnx could not export the model, or the result failed its checks."""
 
 
+class SettingsError(PolyNLError):
+    """A job was asked for with impossible settings (a negative seed or tolerance, an unknown output)."""
+
+
 class InputError(PolyNLError):
     """An inference input has the wrong name, shape or dtype."""
+
+
+class InferenceError(PolyNLError):
+    """A backend failed to run an inference on inputs that passed the name/dtype/shape checks."""
+
+    def __init__(self, message: str, backend: str = "") -> None:
+        super().__init__(message)
+        self.backend = backend
 
 
 class ValidationError(PolyNLError):
@@ -47,6 +59,10 @@ class EngineBuildError(PolyNLError):
 
 class BenchSettingsError(PolyNLError):
     """An impossible benchmark setting (unknown preset or contender, bad size)."""
+
+
+class OutputPathError(PolyNLError):
+    """An output cannot be written there: a directory or file is in the way, no write access, or it is an input."""
 
 
 class KernelError(PolyNLError):

@@ -7,20 +7,21 @@ from google.protobuf.message import DecodeError
 
 from polynl_deploy.errors import ModelFileError
 from polynl_deploy.export.schema import register_schema
+from polynl_deploy.io import require_file
 
 
 def load_onnx(path, *, load_external_data: bool = True) -> onnx.ModelProto:
     """Read an ONNX file; missing, empty, truncated or non-ONNX files raise ModelFileError."""
-    path = Path(path)
-    if not path.is_file():
-        raise ModelFileError(f"{path}: no such file")
+    path = require_file(path, ModelFileError)
     if path.stat().st_size == 0:
         raise ModelFileError(f"{path}: file is empty")
     register_schema()
     try:
-        model = onnx.load_model(str(path), load_external_data=load_external_data)
+        model = onnx.load_model(str(path), load_external_data=False)
     except (DecodeError, ValueError, RuntimeError, OSError) as exc:
         raise ModelFileError(f"{path}: not a readable ONNX model (truncated or another format?): {exc}") from exc
+    if load_external_data:
+        _load_external_data(model, path)
     if not model.graph.node and not model.graph.output:
         raise ModelFileError(f"{path}: parsed, but holds no graph (not an ONNX model?)")
     try:
@@ -28,6 +29,22 @@ def load_onnx(path, *, load_external_data: bool = True) -> onnx.ModelProto:
     except onnx.checker.ValidationError as exc:
         raise ModelFileError(f"{path}: invalid ONNX model: {exc}") from exc
     return model
+
+
+def _load_external_data(model: onnx.ModelProto, path: Path) -> None:
+    """Read the weights kept in external data files beside ``path``, naming any that is missing."""
+    from onnx.external_data_helper import ExternalDataInfo, uses_external_data
+
+    tensors = [t for g in graphs_with_subgraphs(model.graph) for t in g.initializer if uses_external_data(t)]
+    for location in sorted({ExternalDataInfo(t).location for t in tensors}):
+        data = path.parent / location
+        if not data.is_file():
+            raise ModelFileError(f"{path}: its weights are stored in the external data file {data}, "
+                                 "which is missing (copy it beside the model, or re-export)")
+    try:
+        onnx.load_external_data_for_model(model, str(path.parent))
+    except (onnx.checker.ValidationError, ValueError, OSError) as exc:
+        raise ModelFileError(f"{path}: cannot read its external data: {exc}") from exc
 
 
 def metadata(model: onnx.ModelProto) -> dict[str, str]:

@@ -1,11 +1,14 @@
 """Model SOURCEs: ``package.module:factory`` or a zoo name, plus an optional checkpoint."""
 
 import importlib
+import inspect
+import math
 import re
 from dataclasses import dataclass
 
 import torch
 
+from polynl_deploy import defaults
 from polynl_deploy.errors import SourceError
 from polynl_deploy.io import apply_state_dict, load_state_dict
 
@@ -22,8 +25,38 @@ class LoadedSource:
         shapes = input_shapes or self.input_shapes
         if not shapes:
             raise SourceError(f"{self.name}: no default input shape known; give --input-shape (e.g. 1x3x224x224)")
+        for shape in shapes:
+            if math.prod(shape) > defaults.EXAMPLE_MAX_ELEMENTS:
+                raise SourceError(f"input shape {_text(shape)} has {math.prod(shape):,} elements, more than the "
+                                  f"{defaults.EXAMPLE_MAX_ELEMENTS:,} an example input may have; dynamic axes "
+                                  "make a small example shape enough")
         generator = torch.Generator().manual_seed(seed)
-        return tuple(torch.randn(*s, generator=generator) for s in shapes)
+        try:
+            return tuple(torch.randn(*s, generator=generator) for s in shapes)
+        except (RuntimeError, MemoryError) as exc:
+            raise SourceError(f"cannot allocate example inputs of shape(s) {', '.join(map(_text, shapes))}: "
+                              f"{(str(exc).splitlines() or [''])[0]}") from None
+
+    def check_call(self, inputs: tuple[torch.Tensor, ...], given: bool) -> None:
+        """Call the model on ``inputs``; a SourceError names the input count or shapes it does not take."""
+        what = "input shape(s) " + ", ".join(_text(t.shape) for t in inputs) + (" (--input-shape)" if given else "")
+        params = inspect.signature(self.model.forward).parameters.values()
+        if not any(p.kind == p.VAR_POSITIONAL for p in params):
+            positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+            required = sum(p.default is p.empty for p in positional)
+            if not required <= len(inputs) <= len(positional):
+                count = str(required) if required == len(positional) else f"{required} to {len(positional)}"
+                raise SourceError(f"{self.name} takes {count} input(s), but {len(inputs)} {what} were given")
+        try:
+            with torch.inference_mode():
+                self.model(*inputs)
+        except Exception as exc:  # whatever the model raises for inputs it cannot take
+            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise SourceError(f"{self.name} cannot run on {what}: {reason}") from None
+
+
+def _text(shape) -> str:
+    return "x".join(map(str, shape))
 
 
 def parse_shape(text: str) -> Shape:

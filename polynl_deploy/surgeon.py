@@ -22,7 +22,7 @@ from polynl_deploy import contract
 from polynl_deploy.errors import ExportError, SurgeryError
 from polynl_deploy.export.exporter import attach_function, to_standard_ops
 from polynl_deploy.export.schema import register_schema
-from polynl_deploy.io import atomic_path
+from polynl_deploy.io import atomic_path, check_outputs
 from polynl_deploy.onnx_file import load_onnx
 
 log = logging.getLogger(__name__)
@@ -467,6 +467,7 @@ def decompose_model(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
 
 
 def _rewrite_file(src, dst, rewrite) -> int:
+    check_outputs(files=[dst], inputs=[src])
     model, changed = rewrite(load_onnx(src))
     with atomic_path(dst) as tmp:
         onnx.save_model(model, str(tmp))

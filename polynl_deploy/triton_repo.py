@@ -1,6 +1,6 @@
 """make_triton_repo: a Triton Inference Server model repository for an exported model.
 
-Layout (each model folder is built in a temporary folder and renamed into place)::
+Layout (built in a temporary folder beside ``<repo>`` and renamed into place: all or nothing)::
 
     <repo>/README.md                      how to start tritonserver on it (plugin library included)
     <repo>/<name>/config.pbtxt            platform onnxruntime_onnx
@@ -10,10 +10,8 @@ Layout (each model folder is built in a temporary folder and renamed into place)
 """
 
 import json
-import os
 import re
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,7 +19,7 @@ import onnx
 
 from polynl_deploy.errors import ModelFileError, PolyNLError
 from polynl_deploy.features import PLUGIN_LIBRARY_NAME
-from polynl_deploy.io import write_bytes_atomic
+from polynl_deploy.io import check_outputs, sha256_of, staged_directory
 from polynl_deploy.onnx_file import load_onnx
 
 PLUGIN_PATH_IN_IMAGE = f"/opt/polynl/lib/{PLUGIN_LIBRARY_NAME}"
@@ -69,7 +67,8 @@ def make_triton_repo(repo, onnx_path, *, name: str | None = None, plan_path=None
     batching; ``plugin_library`` is the library path inside the Triton container, used in the README.
     """
     repo, onnx_path = Path(repo), Path(onnx_path)
-    name = name or onnx_path.stem
+    check_outputs(directories=[repo], files=[repo / "README.md"], inputs=[onnx_path, plan_path])
+    name = onnx_path.stem if name is None else name
     if not _NAME.match(name):
         raise PolyNLError(f"triton-repo: model name {name!r} may only use letters, digits, '_', '.', '-'")
     if max_batch_size < 0 or max_queue_delay_us < 0 or instances < 1:
@@ -83,23 +82,21 @@ def make_triton_repo(repo, onnx_path, *, name: str | None = None, plan_path=None
     targets = [(name, "onnxruntime_onnx", onnx_path, "model.onnx", "KIND_GPU" if onnx_on_gpu else "KIND_CPU")]
     if plan_path is not None:
         plan_path = Path(plan_path)
-        if not plan_path.is_file():
-            raise ModelFileError(f"{plan_path}: no such engine file")
+        _check_plan(plan_path, onnx_path)
         targets.append((f"{name}_trt", "tensorrt_plan", plan_path, "model.plan", "KIND_GPU"))
     for model_name, *_ in targets:
         if (repo / model_name).exists() and not overwrite:
             raise PolyNLError(f"triton-repo: {repo / model_name} exists; pass overwrite=True (--force) to replace it")
 
-    repo.mkdir(parents=True, exist_ok=True)
     written = []
-    for model_name, platform, source, filename, kind in targets:
-        config = config_pbtxt(model_name, platform, inputs, outputs, max_batch_size, max_queue_delay_us,
-                              instances, kind)
-        directory = _write_model_dir(repo, model_name, config, source, filename)
-        written.append(TritonModel(model_name, platform, directory))
-    readme = repo / "README.md"
-    write_bytes_atomic(readme, _readme(written, plugin_library, plan_path).encode())
-    return TritonRepo(repo, written, readme)
+    with staged_directory(repo) as staging:
+        for model_name, platform, source, filename, kind in targets:
+            config = config_pbtxt(model_name, platform, inputs, outputs, max_batch_size, max_queue_delay_us,
+                                  instances, kind)
+            _write_model_dir(staging / model_name, config, source, filename)
+            written.append(TritonModel(model_name, platform, repo / model_name))
+        (staging / "README.md").write_text(_readme(written, plugin_library, plan_path))
+    return TritonRepo(repo, written, repo / "README.md")
 
 
 def _tensors(model: onnx.ModelProto, max_batch_size: int, path: Path) -> tuple[list[TritonTensor], list[TritonTensor]]:
@@ -140,25 +137,11 @@ def config_pbtxt(name: str, platform: str, inputs: list[TritonTensor], outputs: 
     return "\n".join(lines) + "\n"
 
 
-def _write_model_dir(repo: Path, name: str, config: str, source: Path, filename: str) -> Path:
-    """Build the model folder beside the repository (Triton never sees it half written), then rename it in."""
-    target = repo / name
-    staging = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=repo.parent))
-    try:
-        (staging / "1").mkdir()
-        shutil.copyfile(source, staging / "1" / filename)
-        (staging / "config.pbtxt").write_text(config)
-        os.chmod(staging, 0o755)
-        if target.exists():
-            retired = Path(tempfile.mkdtemp(prefix=f".{name}.old.", dir=repo.parent))
-            os.replace(target, retired / name)
-            os.replace(staging, target)
-            shutil.rmtree(retired)
-        else:
-            os.replace(staging, target)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return target
+def _write_model_dir(directory: Path, config: str, source: Path, filename: str) -> None:
+    """``directory``/config.pbtxt and ``directory``/1/``filename`` (a copy of ``source``)."""
+    (directory / "1").mkdir(parents=True)
+    shutil.copyfile(source, directory / "1" / filename)
+    (directory / "config.pbtxt").write_text(config)
 
 
 def _readme(models: list[TritonModel], plugin_library: str, plan_path: Path | None) -> str:
@@ -198,6 +181,22 @@ def _readme(models: list[TritonModel], plugin_library: str, plan_path: Path | No
     lines += ["## Check", "", "```sh", "curl -sf localhost:8000/v2/health/ready && echo ready",
               *[f"curl -s localhost:8000/v2/models/{m.name}" for m in models], "```", ""]
     return "\n".join(lines)
+
+
+def _check_plan(plan_path: Path, onnx_path: Path) -> None:
+    """The plan is what ``polynl build`` wrote from ``onnx_path``: its sidecar names both files' hashes."""
+    if not plan_path.is_file():
+        raise ModelFileError(f"{plan_path}: no such engine file")
+    sidecar = plan_path.with_name(plan_path.name + ".json")
+    if not sidecar.is_file():
+        raise ModelFileError(f"{plan_path}: no {sidecar.name} beside it; build the plan with `polynl build "
+                             f"{onnx_path} -o {plan_path}`, whose sidecar records the ONNX it came from")
+    recorded = _plan_sidecar(plan_path)
+    if recorded.get("onnx_sha256") != sha256_of(onnx_path):
+        raise ModelFileError(f"{plan_path} was built from {recorded.get('onnx_path', 'another file')!r}, "
+                             f"not from {onnx_path} (ONNX SHA-256 differs; see {sidecar.name})")
+    if recorded.get("plan_sha256", sha256_of(plan_path)) != sha256_of(plan_path):
+        raise ModelFileError(f"{plan_path}: its bytes differ from those {sidecar.name} records (changed since the build?)")
 
 
 def _plan_sidecar(plan_path: Path | None) -> dict:

@@ -10,8 +10,8 @@ import numpy as np
 
 from polynl_deploy import defaults
 from polynl_deploy.backends.base import Runner, TensorSpec
-from polynl_deploy.errors import InputError, ValidationError
-from polynl_deploy.io import atomic_path, write_bytes_atomic
+from polynl_deploy.errors import InputError, SettingsError, ValidationError
+from polynl_deploy.io import atomic_path, require_file, write_bytes_atomic
 from polynl_deploy.onnx_file import load_onnx, metadata
 
 Feed = dict[str, np.ndarray]
@@ -145,9 +145,9 @@ def save_inputs(path, feeds: Sequence[Feed]) -> None:
 
 def load_inputs(path) -> list[Feed]:
     """Feeds from an .npz: keys ``<set>/<input>`` (as saved by save_inputs) or plain input names (one set)."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: no such inputs file")
+    path = require_file(path, InputError, "inputs file")
+    if path.stat().st_size == 0:
+        raise InputError(f"{path}: inputs file is empty (expected an .npz of input arrays)")
     try:
         with np.load(path, allow_pickle=False) as data:
             feeds: dict[int, Feed] = {}
@@ -156,10 +156,15 @@ def load_inputs(path) -> list[Feed]:
                 if not sep:
                     index, name = "0", key
                 feeds.setdefault(int(index), {})[name] = data[key]
-    except (ValueError, OSError, AttributeError, TypeError) as exc:
-        raise InputError(f"{path}: not a readable .npz of input arrays ({exc})") from exc
+    except (ValueError, OSError, EOFError, AttributeError, TypeError) as exc:
+        raise InputError(f"{path}: not a readable .npz of input arrays ({exc or type(exc).__name__})") from None
     if not feeds:
         raise InputError(f"{path}: holds no arrays")
+    for index, feed in sorted(feeds.items()):
+        for name, array in feed.items():
+            if 0 in array.shape:
+                raise InputError(f"{path}: input {name!r} (set {index}) has shape {tuple(array.shape)}: "
+                                 "every dimension must be at least 1")
     return [feeds[i] for i in sorted(feeds)]
 
 
@@ -198,7 +203,11 @@ def compare_runners(onnx_path, runners: dict[str, Runner], *, inputs: Sequence[F
     if len(runners) < 2:
         raise ValidationError("validate needs at least two backends (a reference and one to check)")
     tolerances = tolerances or Tolerances()
-    specs, _, examples = model_input_specs(onnx_path)
+    specs, output_names, examples = model_input_specs(onnx_path)
+    unknown = sorted(set(tolerances.per_output) - set(output_names))
+    if unknown:
+        raise SettingsError(f"tolerance given for output(s) {unknown} that {onnx_path} does not have; "
+                            f"its outputs: {output_names}")
     if inputs is None:
         rng = np.random.default_rng(seed)
         inputs = [random_feed(specs, shapes, rng) for shapes in validation_shapes(specs, examples, scales)]

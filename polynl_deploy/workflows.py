@@ -1,16 +1,25 @@
 """One public function per CLI job: each takes its settings dataclass."""
 
-from polynl_deploy.export.exporter import ExportResult, export_onnx
+from polynl_deploy.errors import ExportError, InferenceError, SourceError
+from polynl_deploy.export.exporter import ExportResult, check_opset, export_onnx
 from polynl_deploy.settings import ExportSettings, ValidateSettings
 from polynl_deploy.sources import load_source
 from polynl_deploy.validation import (Tolerance, Tolerances, ValidationReport, load_inputs, save_inputs, validate)
 
 
 def run_export(settings: ExportSettings) -> ExportResult:
+    check_opset(settings.opset)
     loaded = load_source(settings.source, settings.checkpoint)
     example = loaded.example_inputs(settings.input_shapes)
-    return export_onnx(loaded.model, example, settings.output, dynamic=settings.dynamic, opset=settings.opset,
-                       mode=settings.mode, source=settings.source)
+    try:
+        return export_onnx(loaded.model, example, settings.output, dynamic=settings.dynamic, opset=settings.opset,
+                           mode=settings.mode, source=settings.source)
+    except ExportError:
+        try:  # the model's own complaint about its inputs says more than torch.export's
+            loaded.check_call(example, given=bool(settings.input_shapes))
+        except SourceError as reason:
+            raise ExportError(f"export failed: {reason}") from None
+        raise
 
 
 def tolerances_from(settings: ValidateSettings) -> Tolerances:
@@ -26,8 +35,14 @@ def tolerances_from(settings: ValidateSettings) -> Tolerances:
 def run_validate(settings: ValidateSettings) -> ValidationReport:
     model = load_source(settings.source, settings.checkpoint).model if settings.source else None
     inputs = load_inputs(settings.load_inputs) if settings.load_inputs else None
-    report = validate(settings.onnx_path, model, backends=settings.backends, inputs=inputs, seed=settings.seed,
-                      tolerances=tolerances_from(settings), engine_path=settings.engine)
+    try:
+        report = validate(settings.onnx_path, model, backends=settings.backends, inputs=inputs, seed=settings.seed,
+                          tolerances=tolerances_from(settings), engine_path=settings.engine)
+    except InferenceError as exc:
+        if exc.backend != "eager":
+            raise
+        raise InferenceError(f"source {settings.source!r} does not take the inputs of {settings.onnx_path} "
+                             f"(is it the model that was exported?): {exc}", exc.backend) from exc
     if settings.save_inputs:
         save_inputs(settings.save_inputs, report.feeds)
     if settings.report:

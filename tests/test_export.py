@@ -71,8 +71,16 @@ def test_weights_are_folded_with_expected_shapes(two_block):
     shapes = {name: initializers[value].shape for name, value in zip(contract.INPUT_NAMES[1:], node.input[1:])}
     assert shapes == {"Wq": (12, 6), "bq": (6,), "Wk": (12, 6), "bk": (6,), "Wv": (12, 6), "bv": (6,),
                       "Wo": (6, 12), "bo": (12,)}
-    expected_wo = model.block1.folded_weights()["Wo"].numpy()
-    np.testing.assert_allclose(initializers[node.input[7]], expected_wo, rtol=1e-6)
+    # Independently of folded_weights: beta and the eval-mode BatchNorm after the output 1x1 conv.
+    block = model.block1
+    conv_w = block.out.weight.detach().double().numpy()[:, :, 0, 0]          # (C, C')
+    conv_b = block.out.bias.detach().double().numpy()
+    norm = block.norm
+    scale = norm.weight.detach().double().numpy() / np.sqrt(norm.running_var.double().numpy() + norm.eps)
+    shift = norm.bias.detach().double().numpy() - norm.running_mean.double().numpy() * scale
+    beta = float(block.beta.detach())
+    np.testing.assert_allclose(initializers[node.input[7]], beta * conv_w.T * scale, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(initializers[node.input[8]], beta * (conv_b * scale + shift), rtol=1e-5, atol=1e-7)
 
 
 @pytest.mark.parametrize("shape", [(2, 3, 10, 14), (1, 3, 7, 5), (4, 3, 16, 9), (3, 3, 1, 1)])

@@ -6,11 +6,12 @@ import pytest
 import torch
 
 import polynl_deploy
+from polynl_deploy import defaults
 from polynl_models import registry
 
 SMALL_MODELS = ["polynl-resnet-small", "resnet-small-baseline", "polynl-tokens-small",
                 "polynl-marks-small", "marks-small-baseline"]
-ATOL, RTOL = 1e-4, 1e-3
+FP32 = defaults.TOLERANCES["float32"]
 
 
 def eager_and_onnxruntime(model: torch.nn.Module, path, images: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
@@ -33,4 +34,13 @@ def test_small_zoo_model_exports_and_matches_eager(name, mode, tmp_path):
     assert len(result.blocks) == blocks
     for batch in (2, 5):  # the export batch and another one through the dynamic batch axis
         expected, actual = eager_and_onnxruntime(model, path, spec.example_input(batch=batch, seed=batch))
-        np.testing.assert_allclose(actual, expected, atol=ATOL, rtol=RTOL)
+        np.testing.assert_allclose(actual, expected, atol=FP32["atol"], rtol=FP32["rtol"])
+
+
+@pytest.mark.parametrize("name, shape", [("polynl-resnet-small", ["batch", 3, "height", "width"]),
+                                         ("polynl-tokens-small", ["batch", 3, 32, 32])])
+def test_exported_input_axes_follow_the_model(name, shape, tmp_path):
+    """The token model's position table fixes H and W (its ``onnx_dynamic_axes``): only the batch is dynamic."""
+    result = polynl_deploy.export_onnx(registry.build_model(name).eval(), (registry.get_spec(name).example_input(),),
+                                       tmp_path / "m.onnx")
+    assert result.inputs[0]["shape"] == shape

@@ -21,9 +21,19 @@ def find_nvcc():
 
 
 NVCC = find_nvcc()
-# Opt-in: real TensorRT headers (no library needed), e.g. TensorRT_ROOT=/opt/tensorrt.
-TENSORRT_ROOT = os.environ.get("TensorRT_ROOT", "")
-HAVE_TENSORRT_HEADERS = bool(TENSORRT_ROOT) and (Path(TENSORRT_ROOT) / "include" / "NvInferRuntime.h").exists()
+
+
+def tensorrt_include_dir() -> Path | None:
+    """Where plugins/CMakeLists.txt finds NvInferRuntime.h: $TensorRT_ROOT, then the standard locations
+    (the TensorRT containers' /usr/include/<arch>-linux-gnu included). Headers suffice; no library needed."""
+    root = os.environ.get("TensorRT_ROOT", "")
+    candidates = [Path(root) / "include", Path(root)] if root else []
+    candidates += [Path(p) for p in ("/usr/include/x86_64-linux-gnu", "/usr/include/aarch64-linux-gnu",
+                                     "/usr/local/tensorrt/include", "/usr/local/TensorRT/include", "/usr/include")]
+    return next((c for c in candidates if (c / "NvInferRuntime.h").is_file()), None)
+
+
+TENSORRT_INCLUDE = tensorrt_include_dir()
 
 
 @pytest.mark.skipif(NVCC is None, reason="nvcc not found (PATH or $CUDA_HOME/bin)")
@@ -45,6 +55,8 @@ def cmake_build(tmp_path_factory):
     build = tmp_path_factory.mktemp("plugins_build")
     configure = ["cmake", "-S", str(PLUGINS), "-B", str(build), "-DCMAKE_CUDA_ARCHITECTURES=80"]
     configure.append(f"-DCMAKE_CUDA_COMPILER={NVCC}" if NVCC else "-DPOLYNL_BUILD_KERNELS=OFF")
+    if TENSORRT_INCLUDE is not None:
+        configure.append(f"-DTensorRT_INCLUDE_DIR={TENSORRT_INCLUDE}")
     result = subprocess.run(configure, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
     for line in result.stdout.splitlines():
@@ -82,10 +94,10 @@ def test_plugin_against_compile_check_shim(tmp_path):
 
 
 @pytest.mark.skipif(NVCC is None, reason="nvcc not found: the TensorRT plugin links the CUDA kernels")
-@pytest.mark.skipif(not HAVE_TENSORRT_HEADERS,
-                    reason="TensorRT headers not found: set TensorRT_ROOT to a prefix with include/NvInferRuntime.h")
+@pytest.mark.skipif(TENSORRT_INCLUDE is None, reason="TensorRT headers not found in the standard locations: "
+                                                     "set TensorRT_ROOT to a prefix with include/NvInferRuntime.h")
 def test_plugin_host_test_against_tensorrt_headers(cmake_build):
-    """The plugin built against the real TensorRT headers under $TensorRT_ROOT, loaded as TensorRT loads it
+    """The plugin built against real TensorRT headers (those CMake found), loaded as TensorRT loads it
     (dlopen + getCreators) and checked on the CPU by plugins/tensorrt/tests/plugin_host_test.cpp; built a
     second time over the CPU-emulated kernels, its enqueue runs on host buffers too."""
     result = subprocess.run(["ctest", "--test-dir", str(cmake_build), "-R", "polynl_trt_plugin_host", "-V",

@@ -65,7 +65,7 @@ def polynl_nodes(model: onnx.ModelProto) -> list[onnx.NodeProto]:
 
 CASES = {  # factory, export shape, another shape to run, the ops expected besides PolyNL after fuse
     "maps": (maps_net, (2, 3, 6, 7), (3, 3, 5, 9), ["Conv", "Relu"]),
-    "tokens": (tokens_net, (2, 9, 8), (3, 13, 8), ["Relu"]),
+    "tokens": (tokens_net, (2, 20, 8), (3, 27, 8), ["Relu"]),
     "naive-maps": (naive_maps_block, (2, 6, 4, 5), (1, 6, 7, 3), []),
     "biasless-tokens": (biasless_tokens_block, (2, 5, 8), (4, 11, 8), []),
 }
@@ -82,6 +82,17 @@ def case(request):
 
 def blocks_of(model: nn.Module) -> list[tuple[str, nn.Module]]:
     return [(name or "<root>", m) for name, m in model.named_modules() if isinstance(m, POLYNL_BLOCKS)]
+
+
+def test_cases_trace_both_forms_in_both_layouts():
+    """torch.onnx.export traces the form each block computes at the export shape's N; the fuse
+    pass must meet the naive and the folded subgraph of either layout."""
+    traced = set()
+    for factory, export_shape, _, _ in CASES.values():
+        positions = int(np.prod(export_shape[2:])) if len(export_shape) == 4 else export_shape[1]
+        traced |= {(block.layout, block.resolved_impl(positions)) for _, block in blocks_of(factory())}
+    assert traced == {(layout, form) for layout in (contract.LAYOUT_MAPS, contract.LAYOUT_TOKENS)
+                      for form in ("naive", "folded")}
 
 
 def test_each_block_becomes_one_polynl_node(case):
@@ -144,6 +155,9 @@ def test_cli_commands(tmp_path):
     assert result.exit_code == 0 and "fused 1 Poly-NL block(s)" in output
     result, output = invoke("decompose", tmp_path / "fused.onnx", "-o", tmp_path / "std.onnx")
     assert result.exit_code == 0 and "decomposed 1 PolyNL node(s)" in output
+    assert "no Poly-NL block found" not in output
+    result, output = invoke("fuse", tmp_path / "std.onnx", "-o", tmp_path / "refused.onnx")
+    assert result.exit_code == 0 and "fused 0 Poly-NL block(s)" in output and "unchanged copy" in output
     result, _ = invoke("fuse", tmp_path / "missing.onnx", "-o", tmp_path / "out.onnx")
     assert isinstance(result.exception, ModelFileError)  # left for the main app's error handler
 

@@ -126,7 +126,10 @@ class RecordingConfig:
     """What _configure sets on an IBuilderConfig (full TensorRT cannot be installed here)."""
 
     def __init__(self):
-        self.flags, self.plugins_to_serialize = [], []
+        self.flags, self.cleared, self.plugins_to_serialize = [], [], []
+
+    def clear_flag(self, flag):
+        self.cleared.append(flag)
 
     def add_optimization_profile(self, profile):
         self.profile = profile
@@ -135,7 +138,8 @@ class RecordingConfig:
         self.flags.append(flag)
 
 
-FAKE_TRT = SimpleNamespace(BuilderFlag=SimpleNamespace(VERSION_COMPATIBLE="VC", EXCLUDE_LEAN_RUNTIME="NO_LEAN"))
+FAKE_TRT = SimpleNamespace(BuilderFlag=SimpleNamespace(VERSION_COMPATIBLE="VC", EXCLUDE_LEAN_RUNTIME="NO_LEAN",
+                                                      TF32="TF32"))
 FAKE_BUILDER = SimpleNamespace(create_optimization_profile=lambda: SimpleNamespace(set_shape=lambda *a: None))
 
 
@@ -186,3 +190,41 @@ def test_runner_trusts_the_lean_runtime_of_a_version_compatible_plan(tmp_path, m
         runner_module.TensorRTRunner(plan)
     assert runtimes[0].engine_host_code_allowed and loaded == []
 
+
+
+@pytest.mark.tensorrt_rtx
+def test_rtx_profile_holds_each_inputs_min_opt_max(tokens_onnx, tmp_path):
+    """The optimization profile _configure hands to TensorRT-RTX's real builder keeps min, opt and max apart."""
+    from polynl_deploy.tensorrt.builder import _configure
+    from polynl_deploy.tensorrt.profiles import Profile
+
+    trt = import_tensorrt("rtx")
+    builder = trt.Builder(trt.Logger(trt.Logger.ERROR))
+    created = []
+
+    class RecordingBuilder:
+        def create_optimization_profile(self):
+            created.append(builder.create_optimization_profile())
+            return created[-1]
+
+    config = builder.create_builder_config()
+    profile = Profile("x", (1, 5, 10), (4, 32, 10), (8, 64, 10))
+    settings = BuildSettings(tokens_onnx, tmp_path / "m.plan", target="rtx", sms=(89,))
+    _configure(trt, RecordingBuilder(), config, settings, [profile], None)
+    assert config.num_optimization_profiles == 1
+    assert [tuple(shape) for shape in created[0].get_shape("x")] == [profile.min, profile.opt, profile.max]
+
+
+@pytest.mark.tensorrt_rtx
+@pytest.mark.parametrize("tf32", [False, True])
+def test_tf32_is_off_unless_asked_for(tokens_onnx, tmp_path, tf32):
+    """TensorRT enables TF32 by default; the build clears it (float32 stays float32) unless --tf32."""
+    from polynl_deploy.tensorrt.builder import _configure
+
+    trt = import_tensorrt("rtx")
+    builder = trt.Builder(trt.Logger(trt.Logger.ERROR))
+    config = builder.create_builder_config()
+    assert config.get_flag(trt.BuilderFlag.TF32)
+    settings = BuildSettings(tokens_onnx, tmp_path / "m.plan", target="rtx", sms=(89,), tf32=tf32)
+    _configure(trt, builder, config, settings, [], None)
+    assert config.get_flag(trt.BuilderFlag.TF32) == tf32

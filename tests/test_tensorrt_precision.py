@@ -85,18 +85,29 @@ def test_fp32_is_an_unchanged_copy(exported):
     assert convert_precision(model, "fp32") == model
 
 
+@pytest.mark.parametrize("name", MODELS)
 @pytest.mark.parametrize("mode", ["custom-op", "standard-ops"])
-def test_bf16_converts_types_and_keeps_float32_io(exported, tmp_path, mode):
-    """ONNX Runtime's CPU provider has no bfloat16 Conv/MatMul: only the graph's types are checked here;
-    the RTX tests build bf16 engines from these files."""
-    path, _, _ = exported["maps", mode]
+def test_bf16_converts_types_keeps_float32_io_and_matches_eager(exported, tmp_path, name, mode):
+    """ONNX Runtime's CPU provider has no bfloat16 Conv/MatMul, so onnx's ReferenceEvaluator runs the
+    converted file (its bf16 MatMul accumulates in float32, as TensorRT does). bf16 keeps 8 significant
+    bits, and every activation is rounded to it: the error follows the activations' scale, not each
+    output's, so it is bounded by the bf16 rtol times the largest output (measured: about 1 %)."""
+    from onnx.reference import ReferenceEvaluator
+
+    path, x, expected = exported[name, mode]
     converted = convert_onnx_file(path, tmp_path / "bf16.onnx", "bf16", keep_io_fp32=True)
     types = {t.data_type for t in converted.graph.initializer}
     assert onnx.TensorProto.BFLOAT16 in types
     assert converted.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
     casts = [n for n in converted.graph.node if n.op_type == "Cast"]
-    assert casts[0].input[0] == "x" and casts[0].attribute[0].i == onnx.TensorProto.BFLOAT16
+    assert casts[0].input[0] == converted.graph.input[0].name
+    assert casts[0].attribute[0].i == onnx.TensorProto.BFLOAT16
     assert casts[-1].output[0] == converted.graph.output[0].name
+    actual = ReferenceEvaluator(converted).run(None, {converted.graph.input[0].name: x})[0]
+    assert actual.dtype == np.float32
+    error = np.abs(actual - expected).max()
+    assert error <= defaults.TOLERANCES["bfloat16"]["rtol"] * np.abs(expected).max(), \
+        f"max abs error {error:.3g}, largest output {np.abs(expected).max():.3g}"
 
 
 def test_unknown_precision_is_refused(exported):

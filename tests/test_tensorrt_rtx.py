@@ -57,7 +57,7 @@ def test_rtx_builds_custom_op_file_for_sms(exported, tmp_path, name, sms):
     assert sidecar["compute_capabilities"] == [f"SM{sm}" for sm in sms]
     assert sidecar["graph"] == GRAPH_FUNCTION_BODY and sidecar["polynl_nodes"] == 2
     assert sidecar["onnx_sha256"] == sha256_of(exported[name])
-    assert sidecar["plugin_library"] is None and sidecar["precision"] == "fp32"
+    assert sidecar["plugin_library"] is None and sidecar["precision"] == "fp32" and sidecar["tf32"] is False
     assert sidecar["profiles"][0]["input"] == "x" and sidecar["profiles"][0]["min"][0] == 1
 
 
@@ -200,3 +200,16 @@ def test_rtx_builds_zoo_models_through_the_cli(tmp_path, zoo_name):
     assert sidecar["polynl_nodes"] == len(json.loads(
         {p.key: p.value for p in onnx.load(str(onnx_path)).metadata_props}["polynl_deploy.blocks"]))
     assert plan.stat().st_size > 100_000
+
+
+def test_built_plan_goes_into_a_triton_repository(exported, tmp_path):
+    """The sidecar's hashes tie the plan to its ONNX: make_triton_repo takes a real plan built from it."""
+    from polynl_deploy.triton_repo import make_triton_repo
+
+    plan = tmp_path / "tokens.plan"
+    result = rtx_build(exported["tokens"], plan)
+    assert result.metadata["plan_sha256"] == sha256_of(plan)
+    repo = make_triton_repo(tmp_path / "repo", exported["tokens"], plan_path=plan)
+    assert (repo.path / "tokens_trt" / "1" / "model.plan").read_bytes() == plan.read_bytes()
+    with pytest.raises(ModelFileError, match="was built from"):
+        make_triton_repo(tmp_path / "other", exported["maps"], plan_path=plan)

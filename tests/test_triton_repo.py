@@ -41,10 +41,23 @@ def exported(tmp_path_factory):
     return folder / "net.onnx", static
 
 
+def plan_with_sidecar(plan: Path, onnx_path: Path, content: bytes = b"engine bytes") -> Path:
+    """A stand-in plan with the sidecar ``polynl build`` writes beside it (the hashes are what is checked)."""
+    import hashlib
+    import json
+
+    from polynl_deploy.io import sha256_of
+
+    plan.write_bytes(content)
+    plan.with_name(plan.name + ".json").write_text(json.dumps({
+        "onnx_path": str(onnx_path), "onnx_sha256": sha256_of(onnx_path),
+        "plan_sha256": hashlib.sha256(content).hexdigest(), "target": "trt"}))
+    return plan
+
+
 def test_onnx_and_plan_models(exported, tmp_path):
     onnx_path, _ = exported
-    plan = tmp_path / "net.plan"
-    plan.write_bytes(b"engine bytes")
+    plan = plan_with_sidecar(tmp_path / "net.plan", onnx_path)
     repo = make_triton_repo(tmp_path / "repo", onnx_path, name="polynl", plan_path=plan, max_batch_size=16,
                             max_queue_delay_us=250, instances=2)
     assert [(m.name, m.platform) for m in repo.models] == [("polynl", "onnxruntime_onnx"), ("polynl_trt", "tensorrt_plan")]
@@ -102,6 +115,22 @@ def test_bad_arguments(exported, tmp_path):
         make_triton_repo(tmp_path / "r", onnx_path, plan_path=tmp_path / "missing.plan")
     with pytest.raises(ModelFileError):
         make_triton_repo(tmp_path / "r", tmp_path / "missing.onnx")
+    assert not (tmp_path / "r").exists()
+
+
+def test_plan_must_be_the_one_built_from_the_onnx(exported, tmp_path):
+    onnx_path, static_path = exported
+    bare = tmp_path / "bare.plan"
+    bare.write_bytes(b"random bytes")
+    with pytest.raises(ModelFileError, match="no bare.plan.json beside it"):
+        make_triton_repo(tmp_path / "r", onnx_path, plan_path=bare)
+    other = plan_with_sidecar(tmp_path / "other.plan", static_path)
+    with pytest.raises(ModelFileError, match="other.plan was built from .*static"):
+        make_triton_repo(tmp_path / "r", onnx_path, plan_path=other)
+    changed = plan_with_sidecar(tmp_path / "changed.plan", onnx_path)
+    changed.write_bytes(b"engine bytes, changed")
+    with pytest.raises(ModelFileError, match="bytes differ"):
+        make_triton_repo(tmp_path / "r", onnx_path, plan_path=changed)
     assert not (tmp_path / "r").exists()
 
 

@@ -130,3 +130,18 @@ def test_runners_name_wrong_inputs(exported):
         eager.infer({"x": np.zeros((1, 3, 4), np.float32)})
     assert math.isclose(float(np.abs(eager.infer({"x": good})["output"] - runner.infer({"x": good})["output"]).max()),
                         0.0, abs_tol=1e-5)
+
+
+def test_per_output_tolerance_overrides_the_global_one(exported):
+    """``--tolerance OUTPUT:ATOL:RTOL``: zero global tolerances fail on round-off, the output's own pass."""
+    from polynl_deploy.settings import ValidateSettings
+    from polynl_deploy.workflows import run_validate
+
+    _, path = exported
+    output = onnx.load(str(path)).graph.output[0].name
+    strict = ValidateSettings(path, source="fixture_models:two_block_net", atol=0.0, rtol=0.0)
+    assert not run_validate(strict).passed
+    relaxed = ValidateSettings(path, source="fixture_models:two_block_net", atol=0.0, rtol=0.0,
+                               per_output={output: (1e-5, 1e-4)})
+    report = run_validate(relaxed)
+    assert report.passed and all(c.max_abs_error > 0 for c in report.comparisons)

@@ -39,6 +39,7 @@ class OnnxRuntimeRunner(Runner):
 
     def __init__(self, path, providers: list[str] | None = None, threads: int | None = None) -> None:
         self.path = Path(path)
+        self.model_label = str(self.path)
         self.session = session_from_onnx(path, providers, threads)
         self.input_specs = [
             TensorSpec(i.name, _ORT_TYPES.get(i.type, i.type), tuple(i.shape))

@@ -15,6 +15,7 @@ class TorchRunner(Runner):
                  device: str = "cpu") -> None:
         self.model = model.eval().to(device)
         self.device = device
+        self.model_label = f"{type(model).__name__} (PyTorch)"
         self.input_specs = list(input_specs)
         self.output_names = list(output_names)
 

@@ -7,11 +7,12 @@ from dataclasses import asdict
 from pathlib import Path
 
 from polynl_deploy.bench.analysis import NONLOCAL_LABELS
-from polynl_deploy.bench.settings import MEASUREMENT_COLUMNS, BenchResult, Measurement
-from polynl_deploy.io import atomic_path, write_bytes_atomic
+from polynl_deploy.bench.settings import MEASUREMENT_COLUMNS, BenchResult, BenchSettings, Measurement
+from polynl_deploy.io import atomic_path, make_directory, write_bytes_atomic
 
 NONLOCAL_NAMES = tuple(NONLOCAL_LABELS)
 MODEL_BACKEND_LABELS = {"onnxruntime": "ORT", "tensorrt": "TRT"}
+PLOT_LAYOUTS = ("maps", "tokens")
 TARGET_FORMATS = {"d": "{:.2f}", "e": "{:.0%}"}
 """How each target's figure prints: exponents plain, bandwidth fractions in percent, ratios otherwise as 1.23x."""
 
@@ -112,15 +113,25 @@ def plot_speedup(measurements: list[Measurement], layout: str, path: Path) -> bo
     return True
 
 
+def _plot_paths(out: Path, layout: str) -> tuple[Path, Path]:
+    return out / f"latency_vs_n_{layout}.png", out / f"speedup_vs_nonlocal_{layout}.png"
+
+
+def output_files(settings: BenchSettings) -> list[Path]:
+    """Every file ``write_outputs`` may write, to check before the sweep runs."""
+    out = settings.output_dir
+    plots = [path for layout in PLOT_LAYOUTS for path in _plot_paths(out, layout)] if settings.plots else []
+    return [out / "measurements.csv", out / "results.json", *plots]
+
+
 def write_outputs(result: BenchResult) -> dict[str, Path]:
     """measurements.csv, results.json and the plots in the output directory; their paths by kind."""
-    out = result.settings.output_dir
-    out.mkdir(parents=True, exist_ok=True)
+    out = make_directory(result.settings.output_dir)
     files = {"csv": out / "measurements.csv", "json": out / "results.json"}
     write_csv(result.measurements, files["csv"])
     if result.settings.plots:
-        for layout in ("maps", "tokens"):
-            latency, speedup = out / f"latency_vs_n_{layout}.png", out / f"speedup_vs_nonlocal_{layout}.png"
+        for layout in PLOT_LAYOUTS:
+            latency, speedup = _plot_paths(out, layout)
             if plot_latency(result.measurements, layout, latency):
                 files[f"latency_{layout}"] = latency
             if plot_speedup(result.measurements, layout, speedup):

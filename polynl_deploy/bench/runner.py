@@ -13,11 +13,12 @@ from polynl_deploy.bench import contenders as registry
 from polynl_deploy.bench.analysis import evaluate_gpu_targets, evaluate_targets, fit_all
 from polynl_deploy.bench.contenders import REFERENCES, Contender, Workload, as_arrays, build_layer_modules
 from polynl_deploy.bench.models import check_model_names, run_models
-from polynl_deploy.bench.report import write_outputs
+from polynl_deploy.bench.report import output_files, write_outputs
 from polynl_deploy.bench.settings import (BenchResult, BenchSettings, BenchSettingsError, Case, Measurement,
                                           failure_reason)
 from polynl_deploy.bench.timing import (call_with_cuda_peak_memory, call_with_peak_memory, summarize, time_calls,
                                         time_cuda_calls)
+from polynl_deploy.io import check_outputs
 
 GIB = 1024 ** 3
 
@@ -171,6 +172,7 @@ def _progress(enabled: bool):
 def run_bench(settings: BenchSettings) -> BenchResult:
     """Time every selected contender at every case of the grid; fit exponents, evaluate the targets,
     time the zoo models, and write CSV, JSON and plots to ``settings.output_dir``."""
+    check_outputs(directories=[settings.output_dir], files=output_files(settings))
     if settings.device == "cuda" and not torch.cuda.is_available():
         raise BenchSettingsError("device 'cuda' needs a CUDA GPU, and torch.cuda.is_available() is False here")
     check_model_names(settings.models)

@@ -103,6 +103,13 @@ class BenchSettings:
         if self.device == "cpu" and self.dtype != "float32":
             raise BenchSettingsError(f"CPU runs are float32 (ONNX Runtime CPU has no fast {self.dtype}); "
                                      "use device='cuda' for reduced precision")
+        if self.threads is not None and self.threads < 1:
+            raise BenchSettingsError(f"threads must be at least 1, got {self.threads}")
+        if not self.nonlocal_memory_cap_gib > 0:
+            raise BenchSettingsError(f"nonlocal_memory_cap_gib must be positive, got {self.nonlocal_memory_cap_gib}")
+        if not self.models and not self.cases():
+            raise BenchSettingsError("nothing to measure: no layer sizes (--no-layers) and no zoo models "
+                                     "(--no-models)")
 
     def cases(self) -> list[Case]:
         """Every grid point, sorted so that each (layout, batch, channels) group runs in increasing N."""

@@ -98,9 +98,21 @@ def replace_blocks(model: nn.Module) -> tuple[nn.Module, list[BlockInfo]]:
 _AXIS_NAMES = {4: {0: "batch", 2: "height", 3: "width"}, 3: {0: "batch", 1: "tokens"}, 2: {0: "batch"}}
 
 
-def dynamic_axes_for(example_inputs: Sequence[torch.Tensor]) -> list[dict[int, str]]:
-    """Dynamic axes by rank: batch for all; H, W for 4-D maps; N for 3-D token sequences."""
+def dynamic_axes_for(model: nn.Module, example_inputs: Sequence[torch.Tensor]) -> list[dict[int, str]]:
+    """The model's own ``onnx_dynamic_axes()`` where it has one (a model whose position table fixes H and
+    W, say), else by rank: batch for all; H, W for 4-D maps; N for 3-D token sequences."""
+    declared = getattr(model, "onnx_dynamic_axes", None)
+    if callable(declared):
+        return [dict(axes) for axes in declared()]
     return [dict(_AXIS_NAMES.get(t.dim(), {0: "batch"})) for t in example_inputs]
+
+
+def check_opset(opset: int) -> None:
+    """The default-domain opset must be one both torch.onnx and the onnx package can write."""
+    highest = onnx.defs.onnx_opset_version()
+    if not defaults.OPSET_MIN <= opset <= highest:
+        raise ExportError(f"opset {opset} is not supported: export writes opsets {defaults.OPSET_MIN} to {highest} "
+                          f"(default {defaults.OPSET})")
 
 
 def _check_example_inputs(example_inputs) -> tuple[torch.Tensor, ...]:
@@ -121,6 +133,7 @@ def _torch_export(model: nn.Module, inputs: tuple[torch.Tensor, ...], opset: int
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+            logging.getLogger("torch.export").setLevel(logging.CRITICAL)  # failures are raised, not logged
             program = torch.onnx.export(model, inputs, dynamo=True, opset_version=opset,
                                         dynamic_shapes=dynamic_shapes, optimize=True, verbose=False,
                                         report=False)
@@ -257,12 +270,16 @@ def export_onnx(model: nn.Module, example_inputs, path, *, dynamic: bool = True,
     """
     if mode not in MODES:
         raise ExportError(f"mode must be one of {MODES}, got {mode!r}")
-    opset = opset or defaults.OPSET
+    opset = defaults.OPSET if opset is None else opset
+    check_opset(opset)
     inputs = _check_example_inputs(example_inputs)
     register_schema()
     export_model, blocks = replace_blocks(model)
-    axes = dynamic_axes_for(inputs) if dynamic else None
+    axes = dynamic_axes_for(model, inputs) if dynamic else None
     proto = _torch_export(export_model, inputs, opset, axes)
+    written = next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))
+    if written != opset:
+        raise ExportError(f"torch.onnx wrote opset {written} instead of the requested {opset}")
     if axes is not None:
         _rename_dims(proto, axes)
     _name_outputs(proto)

@@ -6,6 +6,7 @@ Target ``rtx``: TensorRT for RTX, ahead of time for the requested SMs, no GPU ne
 layers: its parser imports each PolyNL node's model-local function body (standard ops).
 """
 
+import hashlib
 import json
 import logging
 import time
@@ -152,6 +153,10 @@ def _configure(trt, builder, config, settings: BuildSettings, profiles: list[Pro
     for p in profiles:
         profile.set_shape(p.input, p.min, p.opt, p.max)
     config.add_optimization_profile(profile)
+    if not settings.tf32:
+        # TensorRT lets float32 math round to TF32 (10-bit mantissas) unless told not to: float32 engines
+        # then hold float32 tolerances, and the fp16/bf16 engines' float32 statistics stay float32.
+        config.clear_flag(trt.BuilderFlag.TF32)
     if settings.workspace_bytes:
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, settings.workspace_bytes)
     if settings.target == "rtx":
@@ -213,11 +218,6 @@ def build_engine(settings: BuildSettings) -> BuildResult:
         raise EngineBuildError(f"{settings.onnx_path}: TensorRT {trt.__version__} could not build an engine:\n  "
                                + "\n  ".join(logger.messages[-10:] or ["(no message from TensorRT)"]))
     plan = memoryview(serialized)
-    with atomic_path(settings.plan_path) as tmp:
-        tmp.write_bytes(plan)
-    if settings.timing_cache and settings.target == "trt":
-        write_bytes_atomic(settings.timing_cache, bytes(memoryview(config.get_timing_cache().serialize())))
-
     metadata = {
         "target": settings.target,
         "tensorrt_version": trt.__version__,
@@ -225,6 +225,7 @@ def build_engine(settings: BuildSettings) -> BuildResult:
            else _gpu_description()),
         "precision": settings.precision,
         "keep_io_fp32": settings.keep_io_fp32,
+        "tf32": settings.tf32,
         "graph": graph_form,
         "polynl_nodes": polynl_nodes,
         "profiles": [p.to_json() for p in profiles],
@@ -237,9 +238,15 @@ def build_engine(settings: BuildSettings) -> BuildResult:
         "plugin_library_serialized": settings.version_compatible and plugin_library is not None,
         "timing_cache": str(settings.timing_cache) if settings.timing_cache and settings.target == "trt" else None,
         "engine_bytes": plan.nbytes,
+        "plan_sha256": hashlib.sha256(memoryview(plan)).hexdigest(),
         "build_seconds": round(build_seconds, 3),
     }
-    write_bytes_atomic(settings.sidecar_path, json.dumps(metadata, indent=2).encode())
+    # nested: each is renamed into place only after both were written, so a failure leaves neither
+    with atomic_path(settings.plan_path) as plan_tmp, atomic_path(settings.sidecar_path) as sidecar_tmp:
+        plan_tmp.write_bytes(plan)
+        sidecar_tmp.write_bytes(json.dumps(metadata, indent=2).encode())
+    if settings.timing_cache and settings.target == "trt":
+        write_bytes_atomic(settings.timing_cache, bytes(memoryview(config.get_timing_cache().serialize())))
     return BuildResult(settings.plan_path, settings.sidecar_path, metadata, plan.nbytes, build_seconds)
 
 

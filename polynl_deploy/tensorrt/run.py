@@ -8,8 +8,9 @@ import numpy as np
 
 from polynl_deploy import defaults
 from polynl_deploy.backends.base import Runner
-from polynl_deploy.errors import InputError
-from polynl_deploy.io import atomic_path
+from polynl_deploy.errors import InputError, SettingsError
+from polynl_deploy.io import atomic_path, check_outputs, require_file
+from polynl_deploy.settings import check_seed
 
 PLAN_SUFFIXES = (".plan", ".engine", ".trt")
 
@@ -57,9 +58,16 @@ def example_feed(runner: Runner, model_path, seed: int) -> dict[str, np.ndarray]
 
 def run_model(model_path, *, inputs_path=None, output_path=None, seed: int = defaults.SEED,
               plugin_library=None) -> RunResult:
+    check_seed(seed)
+    if plugin_library is not None:
+        if Path(model_path).suffix not in PLAN_SUFFIXES:
+            raise SettingsError(f"a plugin library applies to TensorRT engines ({', '.join(PLAN_SUFFIXES)}); "
+                                f"{model_path} runs on ONNX Runtime, which needs none")
+        require_file(plugin_library, SettingsError, prefix="plugin library ")
+    check_outputs(files=[output_path], inputs=[model_path, inputs_path, plugin_library])
     runner = load_runner(model_path, plugin_library)
-    if inputs_path is not None and not Path(inputs_path).is_file():
-        raise InputError(f"{inputs_path}: no such inputs file")
+    if inputs_path is not None:
+        require_file(inputs_path, InputError, "inputs file")
     feed = read_npz_feed(inputs_path) if inputs_path else example_feed(runner, model_path, seed)
     outputs = runner.infer(feed)
     if output_path is not None:

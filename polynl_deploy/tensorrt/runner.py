@@ -24,6 +24,7 @@ class TensorRTRunner(Runner):
         import torch
 
         self.path = Path(plan_path)
+        self.model_label = str(self.path)
         if not self.path.is_file():
             raise ModelFileError(f"{self.path}: no such engine file")
         if not torch.cuda.is_available():

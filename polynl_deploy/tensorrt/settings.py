@@ -4,6 +4,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from polynl_deploy.errors import BuildSettingsError
+from polynl_deploy.io import check_outputs
 
 TARGETS = ("trt", "rtx")
 """trt: full TensorRT with the PolyNL plugin, built on the GPU it runs on.
@@ -25,6 +26,26 @@ class ShapeOverride:
     max: Shape | None = None
 
 
+def parse_shape_overrides(mins=None, opts=None, maxs=None) -> dict[str, ShapeOverride]:
+    """'[INPUT:]1x3x64x64' per value -> {input: ShapeOverride}; '' names the model's only input."""
+    from polynl_deploy.errors import SourceError
+    from polynl_deploy.sources import parse_shape
+
+    overrides: dict[str, ShapeOverride] = {}
+    for key, values in (("min", mins), ("opt", opts), ("max", maxs)):
+        for value in values or []:
+            name, _, text = value.rpartition(":")
+            try:
+                shape = parse_shape(text)
+            except SourceError:
+                raise BuildSettingsError(f"bad --{key} {value!r}: expected [INPUT:]SHAPE like x:1x3x64x64") from None
+            override = overrides.setdefault(name, ShapeOverride())
+            if getattr(override, key) is not None:
+                raise BuildSettingsError(f"--{key} given twice for " + (f"input {name!r}" if name else "the input"))
+            setattr(override, key, shape)
+    return overrides
+
+
 @dataclass
 class BuildSettings:
     onnx_path: Path
@@ -32,6 +53,7 @@ class BuildSettings:
     target: str = "trt"
     precision: str = "fp32"
     keep_io_fp32: bool = False
+    tf32: bool = False                 # let float32 convolutions/GEMMs round inputs to TF32 (TensorRT's default)
     shape_overrides: dict[str, ShapeOverride] = field(default_factory=dict)
     max_scale: float = DEFAULT_MAX_SCALE
     timing_cache: Path | None = None   # read if present, written after the build (full TensorRT only)
@@ -66,13 +88,19 @@ class BuildSettings:
                 raise BuildSettingsError(f"TensorRT for RTX targets SMs {list(RTX_SMS)}; got {list(self.sms)}")
             if self.plugin_library is not None:
                 raise BuildSettingsError("target rtx builds plugin-free graphs; --plugin applies to target trt")
+            if self.timing_cache is not None:
+                raise BuildSettingsError("target rtx keeps no timing cache; --timing-cache applies to target trt")
+            if len(set(self.sms)) != len(self.sms):
+                raise BuildSettingsError(f"SM given more than once: {list(self.sms)}")
             if self.version_compatible:
                 raise BuildSettingsError("TensorRT for RTX engines are tied to the release that built them; "
                                          "--version-compatible applies to target trt")
         if self.exclude_lean_runtime and not self.version_compatible:
             raise BuildSettingsError("--exclude-lean-runtime only applies to --version-compatible builds")
+        check_outputs(files=[self.plan_path, self.sidecar_path, self.timing_cache],
+                      inputs=[self.onnx_path, self.plugin_library])
 
     @property
     def sidecar_path(self) -> Path:
         """``model.plan`` -> ``model.plan.json``: how the engine was built."""
-        return self.plan_path.with_name(self.plan_path.name + ".json")
+        return self.plan_path.parent / (self.plan_path.name + ".json")  # with_name refuses '' (plan path '.')
