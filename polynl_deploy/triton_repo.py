@@ -19,7 +19,7 @@ import onnx
 
 from polynl_deploy.errors import ModelFileError, PolyNLError
 from polynl_deploy.features import PLUGIN_LIBRARY_NAME
-from polynl_deploy.io import check_outputs, sha256_of, staged_directory
+from polynl_deploy.io import check_outputs, require_file, sha256_of, staged_directory
 from polynl_deploy.onnx_file import load_onnx
 
 PLUGIN_PATH_IN_IMAGE = f"/opt/polynl/lib/{PLUGIN_LIBRARY_NAME}"
@@ -80,9 +80,10 @@ def make_triton_repo(repo, onnx_path, *, name: str | None = None, plan_path=None
     inputs, outputs = _tensors(model, max_batch_size, onnx_path)
 
     targets = [(name, "onnxruntime_onnx", onnx_path, "model.onnx", "KIND_GPU" if onnx_on_gpu else "KIND_CPU")]
+    sidecar = {}
     if plan_path is not None:
         plan_path = Path(plan_path)
-        _check_plan(plan_path, onnx_path)
+        sidecar = _checked_plan_sidecar(plan_path, onnx_path)
         targets.append((f"{name}_trt", "tensorrt_plan", plan_path, "model.plan", "KIND_GPU"))
     for model_name, *_ in targets:
         if (repo / model_name).exists() and not overwrite:
@@ -95,7 +96,7 @@ def make_triton_repo(repo, onnx_path, *, name: str | None = None, plan_path=None
                                   instances, kind)
             _write_model_dir(staging / model_name, config, source, filename)
             written.append(TritonModel(model_name, platform, repo / model_name))
-        (staging / "README.md").write_text(_readme(written, plugin_library, plan_path))
+        (staging / "README.md").write_text(_readme(written, plugin_library, sidecar))
     return TritonRepo(repo, written, repo / "README.md")
 
 
@@ -144,10 +145,10 @@ def _write_model_dir(directory: Path, config: str, source: Path, filename: str) 
     (directory / "config.pbtxt").write_text(config)
 
 
-def _readme(models: list[TritonModel], plugin_library: str, plan_path: Path | None) -> str:
+def _readme(models: list[TritonModel], plugin_library: str, sidecar: dict) -> str:
+    """The repository's README; ``sidecar`` is the plan's build description ({} without a plan)."""
     onnx_models = [m.name for m in models if m.platform == "onnxruntime_onnx"]
     plan_models = [m.name for m in models if m.platform == "tensorrt_plan"]
-    sidecar = _plan_sidecar(plan_path)
     lines = ["# Triton model repository (written by polynl-deploy)", "",
              "| model | platform |", "|---|---|", *[f"| `{m.name}` | `{m.platform}` |" for m in models], ""]
     if onnx_models:
@@ -183,28 +184,20 @@ def _readme(models: list[TritonModel], plugin_library: str, plan_path: Path | No
     return "\n".join(lines)
 
 
-def _check_plan(plan_path: Path, onnx_path: Path) -> None:
-    """The plan is what ``polynl build`` wrote from ``onnx_path``: its sidecar names both files' hashes."""
-    if not plan_path.is_file():
-        raise ModelFileError(f"{plan_path}: no such engine file")
-    sidecar = plan_path.with_name(plan_path.name + ".json")
-    if not sidecar.is_file():
-        raise ModelFileError(f"{plan_path}: no {sidecar.name} beside it; build the plan with `polynl build "
+def _checked_plan_sidecar(plan_path: Path, onnx_path: Path) -> dict:
+    """The sidecar of a plan that ``polynl build`` wrote from ``onnx_path``: it records both files' hashes."""
+    from polynl_deploy.tensorrt.builder import read_sidecar
+
+    require_file(plan_path, ModelFileError, "engine file")
+    sidecar_name = plan_path.name + ".json"
+    recorded = read_sidecar(plan_path)
+    if not recorded:
+        raise ModelFileError(f"{plan_path}: no {sidecar_name} beside it; build the plan with `polynl build "
                              f"{onnx_path} -o {plan_path}`, whose sidecar records the ONNX it came from")
-    recorded = _plan_sidecar(plan_path)
     if recorded.get("onnx_sha256") != sha256_of(onnx_path):
         raise ModelFileError(f"{plan_path} was built from {recorded.get('onnx_path', 'another file')!r}, "
-                             f"not from {onnx_path} (ONNX SHA-256 differs; see {sidecar.name})")
-    if recorded.get("plan_sha256", sha256_of(plan_path)) != sha256_of(plan_path):
-        raise ModelFileError(f"{plan_path}: its bytes differ from those {sidecar.name} records (changed since the build?)")
-
-
-def _plan_sidecar(plan_path: Path | None) -> dict:
-    """The build description ``polynl build`` writes next to a plan, or {}."""
-    if plan_path is None:
-        return {}
-    sidecar = plan_path.with_name(plan_path.name + ".json")
-    try:
-        return json.loads(sidecar.read_text())
-    except (OSError, ValueError):
-        return {}
+                             f"not from {onnx_path} (ONNX SHA-256 differs; see {sidecar_name})")
+    plan_sha256 = sha256_of(plan_path)
+    if recorded.get("plan_sha256", plan_sha256) != plan_sha256:
+        raise ModelFileError(f"{plan_path}: its bytes differ from those {sidecar_name} records (changed since the build?)")
+    return recorded

@@ -17,7 +17,7 @@ import onnx
 
 from polynl_deploy import contract, features
 from polynl_deploy.errors import BackendUnavailableError, EngineBuildError, ModelFileError
-from polynl_deploy.io import atomic_path, sha256_of, write_bytes_atomic
+from polynl_deploy.io import atomic_path, require_file, sha256_of, write_bytes_atomic
 from polynl_deploy.onnx_file import load_onnx
 from polynl_deploy.tensorrt.precision import convert_precision
 from polynl_deploy.tensorrt.profiles import Profile, profiles_for_onnx
@@ -72,8 +72,8 @@ def prepare_onnx(model: onnx.ModelProto, settings: BuildSettings) -> tuple[onnx.
 def resolve_plugin_library(settings: BuildSettings, polynl_nodes: int) -> Path | None:
     """The plugin library for target trt: --plugin, else POLYNL_PLUGIN_LIBRARY or plugins/build."""
     library = settings.plugin_library or features.detect().plugin_library
-    if library is not None and not Path(library).is_file():
-        raise BackendUnavailableError(f"plugin library {library}: no such file")
+    if library is not None:
+        require_file(library, BackendUnavailableError, prefix="plugin library ")
     if library is None and polynl_nodes:
         raise BackendUnavailableError(
             f"{settings.onnx_path} has {polynl_nodes} PolyNL node(s) and target 'trt' needs the plugin library "

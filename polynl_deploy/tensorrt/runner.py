@@ -11,6 +11,7 @@ import numpy as np
 from polynl_deploy import features
 from polynl_deploy.backends.base import Runner, TensorSpec
 from polynl_deploy.errors import BackendUnavailableError, ModelFileError
+from polynl_deploy.io import require_file
 from polynl_deploy.tensorrt.builder import import_tensorrt, load_plugin_library, read_sidecar
 
 _NUMPY_TYPES = {"FLOAT": "float32", "HALF": "float16", "BF16": "bfloat16", "INT32": "int32", "INT64": "int64",
@@ -23,10 +24,8 @@ class TensorRTRunner(Runner):
     def __init__(self, plan_path, plugin_library=None) -> None:
         import torch
 
-        self.path = Path(plan_path)
+        self.path = require_file(plan_path, ModelFileError, "engine file")
         self.model_label = str(self.path)
-        if not self.path.is_file():
-            raise ModelFileError(f"{self.path}: no such engine file")
         if not torch.cuda.is_available():
             raise BackendUnavailableError(f"{self.path}: running a TensorRT engine needs a CUDA GPU")
         self.sidecar = read_sidecar(self.path)
