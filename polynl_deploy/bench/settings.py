@@ -243,9 +243,6 @@ class ScalingFit:
     min_positions: int
     max_positions: int
 
-    def predict_ms(self, positions: int) -> float:
-        return math.exp(self.intercept + self.exponent * math.log(positions))
-
 
 @dataclass
 class TargetCheck:
