@@ -19,6 +19,8 @@ from polynl_deploy.validation import ValidationReport, compare_runners, model_in
 
 ARTIFACTS = ("model.onnx", "inspect.json", "inputs.npz", "report.json")
 """What ``run_demo`` writes into its output folder."""
+ENGINE_ARTIFACTS = ("model.plan", "model.plan.json")
+"""Written besides, where full TensorRT, a GPU and the PolyNL plugin library are present."""
 
 
 @dataclass
@@ -47,8 +49,25 @@ def _held_out(settings: DemoSettings) -> tuple[np.ndarray, np.ndarray]:
     return images.numpy(), labels.numpy()
 
 
-def _runners(onnx_path: Path, model) -> tuple[dict, dict[str, str]]:
-    """eager, ORT on CPU, and ORT on CUDA / TensorRT where present; reasons for what is skipped."""
+def _engine_runner(onnx_path: Path, largest_batch: int, onnx_lands_at: Path):
+    """A TensorRT engine with the PolyNL plugin, built beside ``onnx_path`` (``model.plan`` and its sidecar)
+    for batches of 1 to ``largest_batch``, and its runner; the sidecar names the ONNX file where it lands."""
+    from polynl_deploy.tensorrt.builder import build_engine
+    from polynl_deploy.tensorrt.runner import TensorRTRunner
+    from polynl_deploy.tensorrt.settings import BuildSettings, ShapeOverride
+
+    specs, _, examples = model_input_specs(onnx_path)
+    batch_shape = (largest_batch, *examples[0][1:])
+    plan = onnx_path.with_name(ENGINE_ARTIFACTS[0])
+    built = build_engine(BuildSettings(onnx_path, plan, target="trt", show_progress=False, shape_overrides={
+        specs[0].name: ShapeOverride(opt=batch_shape, max=batch_shape)}))
+    built.sidecar_path.write_text(json.dumps({**built.metadata, "onnx_path": str(onnx_lands_at)}, indent=2))
+    return TensorRTRunner(plan)
+
+
+def _runners(onnx_path: Path, model, largest_batch: int, onnx_lands_at: Path,
+             on_step) -> tuple[dict, dict[str, str]]:
+    """eager, ORT on CPU, and ORT on CUDA / a TensorRT engine where present; reasons for what is skipped."""
     from polynl_deploy.backends.onnxruntime_backend import OnnxRuntimeRunner
     from polynl_deploy.backends.torch_backend import TorchRunner
 
@@ -66,6 +85,9 @@ def _runners(onnx_path: Path, model) -> tuple[dict, dict[str, str]]:
         skipped["trt"] = "full TensorRT (builder + runtime) and a GPU are not present on this machine"
     elif found.plugin_library is None:
         skipped["trt"] = f"PolyNL plugin library not built (set {features.PLUGIN_LIBRARY_ENV})"
+    else:
+        on_step(f"building a TensorRT engine with the PolyNL plugin ({found.plugin_library})")
+        runners["trt"] = _engine_runner(onnx_path, largest_batch, onnx_lands_at)
     return runners, skipped
 
 
@@ -74,7 +96,7 @@ def run_demo(settings: DemoSettings, on_step=lambda message: None) -> DemoResult
     ``settings.output_dir`` and land there only if every step succeeds."""
     start = time.perf_counter()
     out = Path(settings.output_dir)
-    check_outputs(directories=[out], files=[out / name for name in ARTIFACTS])
+    check_outputs(directories=[out], files=[out / name for name in ARTIFACTS + ENGINE_ARTIFACTS])
     on_step(f"loading {settings.model} with its shipped checkpoint")
     loaded = load_source(settings.model)
     images, labels = _held_out(settings)
@@ -89,7 +111,8 @@ def run_demo(settings: DemoSettings, on_step=lambda message: None) -> DemoResult
         input_name = exported.inputs[0]["name"]
         feeds = [{input_name: images[i:i + settings.batch_size]} for i in range(0, len(images), settings.batch_size)]
         save_inputs(staging / "inputs.npz", feeds)
-        runners, skipped = _runners(staged_onnx, loaded.model)
+        runners, skipped = _runners(staged_onnx, loaded.model, min(settings.batch_size, len(images)), onnx_path,
+                                    on_step)
         on_step(f"validating {', '.join(runners)} on {len(images)} held-out samples")
         report = compare_runners(staged_onnx, runners, inputs=feeds)
         # results and JSON files name where the model lands, not the staging folder

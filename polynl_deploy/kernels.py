@@ -161,6 +161,16 @@ def describe(x, weights: Mapping[str, object], layout: str, alpha: float, path: 
         if x.dim() != 3:
             raise KernelError(f"tokens layout needs X of shape (B, N, C), got {tuple(x.shape)}")
         batch, positions, channels = x.shape
-    inner = weights["Wq"].shape[-1]
+    inner = weights["Wq"].shape[-1] if weights["Wq"].dim() == 2 else 0
+    expected = {"Wq": (channels, inner), "bq": (inner,), "Wk": (channels, inner), "bk": (inner,),
+                "Wv": (channels, inner), "bv": (inner,), "Wo": (inner, channels), "bo": (channels,)}
+    wrong = {name: tuple(weights[name].shape) for name, shape in expected.items()
+             if tuple(weights[name].shape) != shape or inner < 1}
+    if wrong:  # the C ABI reads these sizes through raw pointers: a mismatch would read out of bounds
+        raise KernelError(f"weight shapes {wrong} do not fit X of shape {tuple(x.shape)} ({layout}, C={channels}): "
+                          "expected Wq, Wk, Wv (C, C'), Wo (C', C), bq, bk, bv (C'), bo (C)")
+    devices = {name: str(w.device) for name, w in weights.items() if w.device != x.device}
+    if devices:
+        raise KernelError(f"weights {devices} are not on X's device {x.device}")
     return KernelDesc(batch, channels, inner, positions, LAYOUTS[layout], DTYPES[x_dtype],
                       DTYPES[dtypes["Wq"]], PATHS[path], float(alpha))

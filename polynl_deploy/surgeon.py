@@ -87,6 +87,19 @@ def _scaled(tensor: gs.Tensor) -> list[tuple[float, gs.Tensor]]:
     return readings
 
 
+def _is_widened(tensor: gs.Tensor, source: gs.Tensor) -> bool:
+    """``tensor`` is ``source``, or ``source`` cast to float32/float64 (fp16 exports widen X for its statistics)."""
+    cast = _producer(tensor, "Cast")
+    return tensor is source or (cast is not None and cast.inputs[0] is source
+                                and cast.attrs.get("to") in (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE))
+
+
+def _uncast(tensor: gs.Tensor) -> gs.Tensor:
+    """The input of the Cast that produces ``tensor``, else ``tensor`` (fp16 exports narrow M and the shift)."""
+    cast = _producer(tensor, "Cast")
+    return tensor if cast is None else cast.inputs[0]
+
+
 def _is_transpose_of(tensor: gs.Tensor, source: gs.Tensor) -> bool:
     node = _producer(tensor, "Transpose")
     return node is not None and node.inputs[0] is source and node.attrs.get("perm") == _TRANSPOSE_LAST_TWO
@@ -244,7 +257,8 @@ def _pooled_mean(leaves: list[gs.Tensor], flat_x: gs.Tensor, layout: str):
             constant_term = constant_term + _constant(leaf)
             continue
         linear = _constant_times_matmul(leaf)
-        if linear is None or _reduces(linear[1], "ReduceMean", 3, {positions_axis}, keepdims=0) is not flat_x:
+        mean_source = _reduces(linear[1], "ReduceMean", 3, {positions_axis}, keepdims=0) if linear else None
+        if mean_source is None or not _is_widened(mean_source, flat_x):
             return None
         if np.array_equal(linear[2], wv):
             bk = bk + linear[0]
@@ -258,15 +272,15 @@ def _pooled_mean(leaves: list[gs.Tensor], flat_x: gs.Tensor, layout: str):
 
 
 def _is_gram_of(gram: gs.Tensor, flat_x: gs.Tensor, layout: str) -> bool:
-    """gram = X^T X / N (tokens) or X X^T / N (flattened maps)."""
+    """gram = X^T X / N (tokens) or X X^T / N (flattened maps), X possibly widened to float32."""
     div = _producer(gram, "Div")
     matmul = _producer(div.inputs[0], "MatMul") if div is not None else None
     if matmul is None:
         return False
     left, right = matmul.inputs
     if layout == contract.LAYOUT_MAPS:
-        return left is flat_x and _is_transpose_of(right, flat_x)
-    return _is_transpose_of(left, flat_x) and right is flat_x
+        return _is_widened(left, flat_x) and _is_transpose_of(right, left)
+    return _is_transpose_of(left, right) and _is_widened(right, flat_x)
 
 
 def _folded_projection(projected: gs.Tensor, x: gs.Tensor, layout: str) -> dict[str, np.ndarray] | None:
@@ -303,6 +317,7 @@ def _folded_projection(projected: gs.Tensor, x: gs.Tensor, layout: str) -> dict[
 
 def _mixing_and_shift(mixing: gs.Tensor, shift: gs.Tensor, flat_x: gs.Tensor, layout: str):
     """Weights from M = (Wq * m[:, None, :]) @ Wo and shift = (bq * m) @ Wo + bo."""
+    mixing, shift = _uncast(mixing), _uncast(shift)
     mixing_matmul = _producer(mixing, "MatMul")
     if mixing_matmul is None or _constant(mixing_matmul.inputs[1]) is None:
         return None
@@ -350,13 +365,24 @@ def _match_block(add: gs.Node) -> _Block | None:
             projected, scale, shift = _norm(normed, layout)
             weights = (_naive_projection(projected, x, layout) or _folded_projection(projected, x, layout))
             if weights is not None:
-                return _Block(x, layout, alpha, _fold_scales(weights, beta, scale, shift))
+                dtype = _numpy_dtype(x) or weights["Wq"].dtype
+                return _Block(x, layout, alpha, _fold_scales(weights, beta, scale, shift, dtype))
     return None
 
 
-def _fold_scales(weights: dict[str, np.ndarray], beta: float, scale, shift) -> dict[str, np.ndarray]:
-    """beta * (P * scale + shift) folded into Wo, bo (as PolyNL2d.folded_weights does)."""
-    dtype = weights["Wq"].dtype
+def _numpy_dtype(tensor: gs.Tensor) -> np.dtype | None:
+    """The NumPy dtype of ``tensor`` where the graph records one."""
+    if tensor.dtype is None:
+        return None
+    try:
+        return np.dtype(tensor.dtype)
+    except TypeError:
+        return np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.dtype))
+
+
+def _fold_scales(weights: dict[str, np.ndarray], beta: float, scale, shift, dtype) -> dict[str, np.ndarray]:
+    """beta * (P * scale + shift) folded into Wo, bo (as PolyNL2d.folded_weights does), in X's ``dtype``
+    (the op's inputs share one type; an fp16 export keeps the folded form's weights in float32)."""
     folded = {k: np.asarray(v, np.float64) for k, v in weights.items()}
     if scale is not None:
         folded["Wo"], folded["bo"] = folded["Wo"] * scale, folded["bo"] * scale + shift

@@ -183,6 +183,27 @@ def test_block_as_the_whole_model_and_nested_blocks(tmp_path):
     assert [b.module for b in result.blocks] == ["0.0", "0.1"]
 
 
+@pytest.mark.parametrize("mode", ["custom-op", "standard-ops"])
+def test_block_used_in_several_places_is_a_node_at_each_call(tmp_path, mode):
+    """Weight sharing: one instance in two places is one block with one set of weights, and a PolyNL
+    node (uniquely named) at each call; before, the second call was traced as plain ops."""
+    block = randomize(PolyNL2d(8), seed=7)
+    shared = torch.nn.Sequential(block, torch.nn.ReLU(), block, torch.nn.Sequential(block)).eval()
+    path = tmp_path / "shared.onnx"
+    result = export_onnx(shared, torch.randn(1, 8, 4, 4), path, mode=mode)
+    assert [b.module for b in result.blocks] == ["0"]
+    proto = onnx.load(str(path))
+    nodes = [n for n in proto.graph.node if n.op_type == contract.OP_TYPE]
+    if mode == "custom-op":
+        assert [n.name for n in nodes] == ["PolyNL/0", "PolyNL/0:1", "PolyNL/0:2"]
+        assert len({tuple(n.input[1:]) for n in nodes}) == 1  # one set of weights
+        assert {n.op_type for n in proto.graph.node} == {contract.OP_TYPE, "Relu"}
+    else:
+        assert not nodes
+    x = np.random.default_rng(8).standard_normal((2, 8, 5, 3)).astype(np.float32)
+    np.testing.assert_allclose(ort_run(path, x), eager(shared, x), atol=1e-5, rtol=1e-4)
+
+
 def test_static_export_fixes_shapes(tmp_path):
     model = fixture_models.two_block_net()
     path = tmp_path / "static.onnx"

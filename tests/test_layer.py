@@ -51,6 +51,23 @@ def test_forms_agree_in_float32(block_cls, shape):
     np.testing.assert_allclose(folded, expected, atol=2e-5 * scale, rtol=1e-4)
 
 
+@pytest.mark.parametrize("dtype,tolerance", [(torch.float16, 1e-2), (torch.bfloat16, 5e-2)])
+@pytest.mark.parametrize("block_cls,shape", [(PolyNL2d, (1, 8, 64, 64)), (PolyNLTokens, (1, 4096, 8))])
+def test_folded_form_keeps_low_precision_statistics_in_float32(block_cls, shape, dtype, tolerance):
+    """At std 6 and N = 4096 the Gram sum N S reaches about 1.5e5, beyond float16's 65504: the folded
+    form must accumulate S in float32 (polynl-math.md) and still match the float64 reference."""
+    block = randomize(block_cls(8, norm=False, impl="folded"), seed=15).to(dtype)
+    x = (6 * torch.randn(*shape, generator=torch.Generator().manual_seed(16))).to(dtype)
+    wide = block.double()
+    expected = ref.polynl2d(x.double().numpy(), wide) if block_cls is PolyNL2d else ref.polynl(
+        x.double().numpy(), **ref.block_weights(wide))
+    with torch.no_grad():
+        actual = block.to(dtype)(x)
+    assert actual.dtype == dtype
+    scale = np.abs(expected).max()
+    np.testing.assert_allclose(actual.double().numpy(), expected, atol=tolerance * scale, rtol=tolerance)
+
+
 def test_auto_picks_unfolded_only_for_small_inner_width():
     assert PolyNL2d(64, reduction=2).resolved_impl() == "folded"
     assert PolyNL2d(64, reduction=4).resolved_impl() == "naive"

@@ -34,6 +34,12 @@ def test_descriptor_of_maps_and_tokens():
     (torch.zeros(1, 12, 4, 4), {**weights(), "bo": torch.zeros(12, dtype=torch.float16)}, "maps", "auto",
      "all weights must share one dtype"),
     (torch.zeros(1, 12, 4, 4), {k: v for k, v in weights().items() if k != "Wv"}, "maps", "auto", "lack ['Wv']"),
+    (torch.zeros(1, 64, 4, 4), weights(), "maps", "auto", "'Wq': (12, 5)"),  # weights of another block
+    (torch.zeros(1, 12, 4), weights(), "tokens", "auto", "(tokens, C=4)"),
+    (torch.zeros(1, 12, 4, 4), {**weights(), "Wo": torch.zeros(5, 11)}, "maps", "auto", "{'Wo': (5, 11)}"),
+    (torch.zeros(1, 12, 4, 4), {**weights(), "bk": torch.zeros(4)}, "maps", "auto", "{'bk': (4,)}"),
+    (torch.zeros(1, 12, 4, 4), {**weights(), "Wq": torch.zeros(12, 5, 1)}, "maps", "auto", "'Wq': (12, 5, 1)"),
+    (torch.zeros(1, 12, 4, 4, device="meta"), weights(), "maps", "auto", "not on X's device meta"),
 ])
 def test_descriptor_errors_name_the_problem(x, w, layout, path, message):
     with pytest.raises(KernelError) as caught:

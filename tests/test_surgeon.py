@@ -133,6 +133,27 @@ def test_fuse_and_decompose_keep_the_numbers(case):
     np.testing.assert_allclose(ort_run(decomposed, x), ort_run(fused, x), **TOLERANCE)
 
 
+@pytest.mark.parametrize("impl", ["naive", "folded"])
+@pytest.mark.parametrize("block_cls, shape", [(PolyNL2d, (2, 8, 4, 5)), (PolyNLTokens, (2, 7, 8))])
+def test_float16_exports_fuse(block_cls, shape, impl):
+    """fp16 exports: the folded form widens X to float32 for S and mu and narrows M and the shift
+    (Cast nodes around it); the fused node takes its weights in X's dtype, as the op's inputs share one type."""
+    model = randomize(block_cls(8, impl=impl), seed=17).half()
+    plain = plain_export(model, torch.randn(*shape).half())
+    fused, count = fuse_model(plain)
+    nodes = polynl_nodes(fused)
+    assert count == len(nodes) == 1
+    initializers = {t.name: t for t in fused.graph.initializer}
+    assert {initializers[name].data_type for name in nodes[0].input[1:]} == {onnx.TensorProto.FLOAT16}
+    x = np.random.default_rng(2).standard_normal(shape).astype(np.float16)
+    with torch.no_grad():
+        eager = model(torch.from_numpy(x)).float().numpy()
+    scale = np.abs(eager).max()
+    np.testing.assert_allclose(ort_run(fused, x).astype(np.float32), eager, atol=1e-2 * scale, rtol=1e-2)
+    np.testing.assert_allclose(ort_run(fused, x).astype(np.float32), ort_run(plain, x).astype(np.float32),
+                               atol=1e-2 * scale, rtol=1e-2)
+
+
 def test_file_api(tmp_path):
     model = naive_maps_block()
     src, fused, decomposed = tmp_path / "plain.onnx", tmp_path / "fused.onnx", tmp_path / "std.onnx"

@@ -1,5 +1,6 @@
 """export_onnx: a PyTorch model with Poly-NL blocks to ONNX, one PolyNL node per block."""
 
+import collections
 import copy
 import json
 import logging
@@ -86,12 +87,17 @@ def replace_blocks(model: nn.Module) -> tuple[nn.Module, list[BlockInfo]]:
 
     if isinstance(model, POLYNL_BLOCKS):
         return PolyNLNode(model, "<root>"), [info("", model)]
-    for name, module in list(model.named_modules()):
-        if isinstance(module, POLYNL_BLOCKS) and not any(name.startswith(b.module + ".") for b in blocks):
+    # Every place a block is used: one instance in several places (weight sharing) is one block whose
+    # node is emitted at each call; named_modules() would list it once and leave the others traced as ops.
+    nodes: dict[int, PolyNLNode] = {}
+    for name, module in list(model.named_modules(remove_duplicate=False)):
+        if isinstance(module, POLYNL_BLOCKS):
             parent_name, _, child = name.rpartition(".")
             parent = model.get_submodule(parent_name) if parent_name else model
-            setattr(parent, child, PolyNLNode(module, name))
-            blocks.append(info(name, module))
+            if id(module) not in nodes:
+                nodes[id(module)] = PolyNLNode(module, name)
+                blocks.append(info(name, module))
+            setattr(parent, child, nodes[id(module)])
     return model, blocks
 
 
@@ -157,12 +163,15 @@ def _rename_dims(model: onnx.ModelProto, axes: list[dict[int, str]]) -> None:
 
 
 def _name_polynl_nodes(model: onnx.ModelProto) -> None:
-    """Name each PolyNL node after the module it replaces: ``PolyNL/<module path>``."""
+    """Name each PolyNL node after the module it replaces: ``PolyNL/<module path>``, with ``:<call>`` from the
+    second call of a block used in several places on."""
+    calls: collections.Counter = collections.Counter()
     for node in model.graph.node:
         if node.op_type == contract.OP_TYPE and node.domain == contract.DOMAIN:
             module = next((p.value for p in node.metadata_props if p.key == _MODULE_KEY), None)
             if module:
-                node.name = f"{contract.OP_TYPE}/{module}"
+                node.name = f"{contract.OP_TYPE}/{module}" + (f":{calls[module]}" if calls[module] else "")
+                calls[module] += 1
 
 
 def _name_outputs(model: onnx.ModelProto) -> None:

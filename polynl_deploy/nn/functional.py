@@ -4,6 +4,7 @@ Weights are matrices: Wq, Wk, Wv are (C, C'), Wo is (C', C); biases are vectors.
 Both forms return the pre-norm output projection P = ((X Wq + bq) * m) Wo + bo in the layout of X.
 """
 
+import torch
 from torch import Tensor
 
 from polynl_deploy.contract import LAYOUT_TOKENS
@@ -40,10 +41,16 @@ def naive(x: Tensor, wq: Tensor, bq: Tensor, wk: Tensor, bk: Tensor,
 
 def folded(x: Tensor, wq: Tensor, bq: Tensor, wk: Tensor, bk: Tensor,
            wv: Tensor, bv: Tensor, wo: Tensor, bo: Tensor, channels_first: bool = False) -> Tensor:
-    """Exact Gram form: P = X (Wq diag(m) Wo) + ((bq * m) Wo + bo), one C x C GEMM per item."""
-    m = gram_mean(x, wk, bk, wv, bv, channels_first)
-    mixing = (wq.unsqueeze(0) * m.unsqueeze(1)) @ wo
-    shift = (bq * m) @ wo + bo
+    """Exact Gram form: P = X (Wq diag(m) Wo) + ((bq * m) Wo + bo), one C x C GEMM per item.
+
+    S, mu and the C x C algebra run in float32 at least (for fp16 the Gram sum N S overflows from
+    N of a few 10^4 at unit scale); the output GEMM runs in X's dtype, as in the ONNX body.
+    """
+    wide = torch.promote_types(x.dtype, torch.float32)
+    x_wide, wq, bq, wk, bk, wv, bv, wo, bo = (t.to(wide) for t in (x, wq, bq, wk, bk, wv, bv, wo, bo))
+    m = gram_mean(x_wide, wk, bk, wv, bv, channels_first)
+    mixing = ((wq.unsqueeze(0) * m.unsqueeze(1)) @ wo).to(x.dtype)
+    shift = ((bq * m) @ wo + bo).to(x.dtype)
     if channels_first:
         return mixing.transpose(1, 2) @ x + shift.unsqueeze(2)
     return x @ mixing + shift.unsqueeze(1)
