@@ -45,7 +45,9 @@ def triton_repo(
     name: Annotated[Optional[str], typer.Option(help="model name (default: the ONNX file's stem)")] = None,
     plan: Annotated[Optional[Path], typer.Option(
         help="TensorRT engine built from the ONNX file: adds a tensorrt_plan model")] = None,
-    max_batch_size: Annotated[int, typer.Option(help="Triton max_batch_size (0: no batching)")] = 8,
+    max_batch_size: Annotated[Optional[int], typer.Option(
+        help="Triton max_batch_size (0: no batching; default 8, for the plan at most its profile's max batch)")]
+    = None,
     max_delay_us: Annotated[int, typer.Option(help="dynamic batching max_queue_delay_microseconds")] = 100,
     instances: Annotated[int, typer.Option(help="model instances (instance_group count)")] = 1,
     onnx_on_gpu: Annotated[bool, typer.Option("--onnx-on-gpu", help="run the ONNX model on GPU instances")]
@@ -59,5 +61,6 @@ def triton_repo(
                                max_queue_delay_us=max_delay_us, instances=instances, onnx_on_gpu=onnx_on_gpu,
                                overwrite=force)
     for model in written.models:
-        console.print(f"wrote [bold]{model.directory}[/] ({model.platform})", highlight=False)
+        console.print(f"wrote [bold]{model.directory}[/] ({model.platform}, max_batch_size {model.max_batch_size})",
+                      highlight=False)
     console.print(f"instructions: {written.readme}", highlight=False)

@@ -24,7 +24,8 @@ def fuse(src: SrcArg, output: DstOpt):
     if not fused:
         console.print("[yellow]no Poly-NL block found: the output is an unchanged copy. fuse matches what a plain "
                       "torch.onnx.export of PolyNL2d/PolyNLTokens produces; for a file exported with "
-                      "`polynl export --mode standard-ops`, export again with the default --mode custom-op")
+                      "`polynl export --mode standard-ops` or written by `polynl surgeon decompose`, export "
+                      "again with the default --mode custom-op")
 
 
 @surgeon_app.command()

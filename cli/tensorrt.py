@@ -82,6 +82,7 @@ def build(
 def run(
     model: Annotated[Path, typer.Argument(help=".onnx (ONNX Runtime) or .plan (TensorRT)")],
     inputs: Annotated[Optional[Path], typer.Option(help=".npz of inputs by name (default: seeded random)")] = None,
+    input_set: Annotated[int, typer.Option("--set", help="which set of a --save-inputs file (several sets)")] = 0,
     output: Annotated[Optional[Path], typer.Option(help="write the outputs to this .npz")] = None,
     seed: int = 0,
     plugin: Annotated[Optional[Path], typer.Option(help="PolyNL plugin library for .plan files")] = None,
@@ -91,7 +92,10 @@ def run(
 
     from polynl_deploy.tensorrt.run import run_model
 
-    result = run_model(model, inputs_path=inputs, output_path=output, seed=seed, plugin_library=plugin)
+    result = run_model(model, inputs_path=inputs, input_set=input_set, output_path=output, seed=seed,
+                       plugin_library=plugin)
+    if result.input_sets > 1:
+        console.print(f"inputs: set {input_set} of the {result.input_sets} in {inputs} (choose with --set)")
     table = Table(title=f"{model} on {result.backend}")
     for column in ("output", "shape", "dtype", "min", "max", "mean"):
         table.add_column(column)

@@ -97,7 +97,7 @@ def run_demo(settings: DemoSettings, on_step=lambda message: None) -> DemoResult
     start = time.perf_counter()
     out = Path(settings.output_dir)
     check_outputs(directories=[out], files=[out / name for name in ARTIFACTS + ENGINE_ARTIFACTS])
-    on_step(f"loading {settings.model} with its shipped checkpoint")
+    on_step(f"loading {settings.model}")
     loaded = load_source(settings.model)
     images, labels = _held_out(settings)
     _check_takes_images(loaded, images)

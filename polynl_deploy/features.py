@@ -20,10 +20,11 @@ def _version(distribution: str) -> str | None:
 
 
 def find_built_library(env_var: str, file_name: str) -> Path | None:
-    """A native library of plugins/: the file named by ``$env_var``, else a build in plugins/build or build/."""
+    """A native library of plugins/: the file named by ``$env_var``, else a build in build/plugins (as
+    plugins/README.md builds it), plugins/build or build/."""
     root = Path(__file__).resolve().parent.parent
-    candidates = [os.environ.get(env_var, ""), str(root / "plugins" / "build" / file_name),
-                  str(root / "build" / file_name)]
+    candidates = [os.environ.get(env_var, ""), *(str(root / folder / file_name)
+                                                 for folder in ("build/plugins", "plugins/build", "build"))]
     return next((Path(c) for c in candidates if c and Path(c).is_file()), None)
 
 

@@ -35,7 +35,7 @@ class KernelDesc(ctypes.Structure):
 
 
 def find_kernel_library() -> Path | None:
-    """$POLYNL_KERNELS_LIBRARY, else a build under plugins/build or build/."""
+    """$POLYNL_KERNELS_LIBRARY, else a build under build/plugins, plugins/build or build/."""
     return find_built_library(KERNELS_LIBRARY_ENV, KERNELS_LIBRARY_NAME)
 
 

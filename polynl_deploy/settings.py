@@ -74,6 +74,9 @@ class ValidateSettings:
         for name, (atol, rtol) in self.per_output.items():
             check_tolerance(atol, f"atol of output {name!r}")
             check_tolerance(rtol, f"rtol of output {name!r}")
+        if self.engine is not None and "trt" not in self.backends:
+            raise SettingsError(f"--engine {self.engine} is only used by backend 'trt', which is not among "
+                                f"--backends {','.join(self.backends)}")
         check_outputs(files=[self.report, self.save_inputs],
                       inputs=[self.onnx_path, self.checkpoint, self.load_inputs, self.engine])
 

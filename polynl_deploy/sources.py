@@ -2,6 +2,7 @@
 
 import importlib
 import inspect
+import logging
 import math
 import re
 from dataclasses import dataclass
@@ -13,6 +14,7 @@ from polynl_deploy.errors import SourceError
 from polynl_deploy.io import apply_state_dict, load_state_dict
 
 Shape = tuple[int, ...]
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -72,11 +74,14 @@ def _from_factory(source: str) -> tuple[torch.nn.Module, list[Shape] | None]:
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
-        raise SourceError(f"source {source!r}: cannot import module {module_name!r} ({exc})") from exc
+        hint = ""
+        if isinstance(exc, ModuleNotFoundError) and exc.name == module_name.split(".")[0]:
+            hint = "; modules are imported from sys.path: for one in the current directory, set PYTHONPATH=."
+        raise SourceError(f"source {source!r}: cannot import module {module_name!r} ({exc}){hint}") from exc
     factory = getattr(module, attr, None)
     if factory is None or not callable(factory):
         raise SourceError(f"source {source!r}: module {module_name!r} has no callable {attr!r}")
-    model = factory()
+    model = _seeded(factory)
     if not isinstance(model, torch.nn.Module):
         raise SourceError(f"source {source!r}: {attr}() returned {type(model).__name__}, not a torch.nn.Module")
     shape = getattr(model, "default_input_shape", None) or getattr(factory, "default_input_shape", None)
@@ -89,8 +94,20 @@ def _from_zoo(name: str, with_pretrained: bool) -> tuple[torch.nn.Module, list[S
     except ImportError as exc:
         raise SourceError(f"source {name!r}: not module:factory, and the model zoo is not installed") from exc
     spec = registry.get_spec(name)  # raises SourceError with close matches
-    model = registry.load_pretrained(name) if with_pretrained and spec.checkpoint else registry.build_model(name)
-    return model, [(1, *spec.input_shape)]
+    if with_pretrained and spec.checkpoint:
+        return registry.load_pretrained(name), [(1, *spec.input_shape)]
+    if with_pretrained:
+        log.warning("%s has no shipped checkpoint: its weights are its initialization seeded with %d, the same "
+                    "in every run (give --checkpoint for trained weights)", name, defaults.SEED)
+    return _seeded(lambda: registry.build_model(name)), [(1, *spec.input_shape)]
+
+
+def _seeded(build):
+    """``build()`` with torch's RNG seeded (``defaults.SEED``) and restored afterwards: a model without a
+    checkpoint gets the same initial weights in every process, so export, validate and serve agree."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(defaults.SEED)
+        return build()
 
 
 def load_source(source: str, checkpoint=None) -> LoadedSource:

@@ -2,11 +2,12 @@
 
 Layout (built in a temporary folder beside ``<repo>`` and renamed into place: all or nothing)::
 
-    <repo>/README.md                      how to start tritonserver on it (plugin library included)
+    <repo>/README.md                      how to start tritonserver on it: every model in <repo>
     <repo>/<name>/config.pbtxt            platform onnxruntime_onnx
     <repo>/<name>/1/model.onnx
     <repo>/<name>_trt/config.pbtxt        platform tensorrt_plan (when a plan is given)
     <repo>/<name>_trt/1/model.plan
+    <repo>/<name>_trt/1/model.plan.json   the plan's sidecar (read back for the README)
 """
 
 import json
@@ -17,13 +18,14 @@ from pathlib import Path
 
 import onnx
 
-from polynl_deploy.errors import ModelFileError, PolyNLError
+from polynl_deploy.errors import ModelFileError, PolyNLError, SettingsError
 from polynl_deploy.features import PLUGIN_LIBRARY_NAME
 from polynl_deploy.io import check_outputs, require_file, sha256_of, staged_directory
 from polynl_deploy.onnx_file import load_onnx
 
 PLUGIN_PATH_IN_IMAGE = f"/opt/polynl/lib/{PLUGIN_LIBRARY_NAME}"
 """Where the Docker image of this project (and the README's commands) put the TensorRT plugin library."""
+DEFAULT_MAX_BATCH_SIZE = 8
 
 _NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 _TRITON_TYPES = {
@@ -49,6 +51,7 @@ class TritonModel:
     name: str
     platform: str
     directory: Path
+    max_batch_size: int
 
 
 @dataclass(frozen=True)
@@ -58,45 +61,48 @@ class TritonRepo:
     readme: Path
 
 
-def make_triton_repo(repo, onnx_path, *, name: str | None = None, plan_path=None, max_batch_size: int = 8,
+def make_triton_repo(repo, onnx_path, *, name: str | None = None, plan_path=None, max_batch_size: int | None = None,
                      max_queue_delay_us: int = 100, instances: int = 1, onnx_on_gpu: bool = False,
                      plugin_library: str = PLUGIN_PATH_IN_IMAGE, overwrite: bool = False) -> TritonRepo:
-    """Write model folders for ``onnx_path`` (and a TensorRT ``plan_path`` built from it) into ``repo``.
+    """Write model folders for ``onnx_path`` (and a TensorRT ``plan_path`` built from it) into ``repo``
+    and rewrite its README for every model folder in it.
 
     ``max_batch_size`` > 0 needs a dynamic first axis on every input and output and turns on dynamic
-    batching; ``plugin_library`` is the library path inside the Triton container, used in the README.
+    batching; left out it is DEFAULT_MAX_BATCH_SIZE, lowered for the plan to its profiles' largest batch.
+    ``plugin_library`` is the library path inside the Triton container, used in the README.
     """
     repo, onnx_path = Path(repo), Path(onnx_path)
     check_outputs(directories=[repo], files=[repo / "README.md"], inputs=[onnx_path, plan_path])
     name = onnx_path.stem if name is None else name
     if not _NAME.match(name):
         raise PolyNLError(f"triton-repo: model name {name!r} may only use letters, digits, '_', '.', '-'")
-    if max_batch_size < 0 or max_queue_delay_us < 0 or instances < 1:
+    onnx_batch = DEFAULT_MAX_BATCH_SIZE if max_batch_size is None else max_batch_size
+    if onnx_batch < 0 or max_queue_delay_us < 0 or instances < 1:
         raise PolyNLError("triton-repo: max_batch_size and max_queue_delay_us must be >= 0, instances >= 1")
     model = load_onnx(onnx_path)
     if any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer):
         raise ModelFileError(f"{onnx_path}: weights in external data files are not supported; "
                              "save the model as one file")
-    inputs, outputs = _tensors(model, max_batch_size, onnx_path)
+    inputs, outputs = _tensors(model, onnx_batch, onnx_path)
 
-    targets = [(name, "onnxruntime_onnx", onnx_path, "model.onnx", "KIND_GPU" if onnx_on_gpu else "KIND_CPU")]
-    sidecar = {}
+    targets = [(name, "onnxruntime_onnx", onnx_path, "model.onnx", "KIND_GPU" if onnx_on_gpu else "KIND_CPU",
+                onnx_batch)]
     if plan_path is not None:
         plan_path = Path(plan_path)
         sidecar = _checked_plan_sidecar(plan_path, onnx_path)
-        targets.append((f"{name}_trt", "tensorrt_plan", plan_path, "model.plan", "KIND_GPU"))
+        targets.append((f"{name}_trt", "tensorrt_plan", plan_path, "model.plan", "KIND_GPU",
+                        _plan_max_batch_size(plan_path, sidecar, max_batch_size)))
     for model_name, *_ in targets:
         if (repo / model_name).exists() and not overwrite:
             raise PolyNLError(f"triton-repo: {repo / model_name} exists; pass overwrite=True (--force) to replace it")
 
     written = []
     with staged_directory(repo) as staging:
-        for model_name, platform, source, filename, kind in targets:
-            config = config_pbtxt(model_name, platform, inputs, outputs, max_batch_size, max_queue_delay_us,
-                                  instances, kind)
+        for model_name, platform, source, filename, kind, batch in targets:
+            config = config_pbtxt(model_name, platform, inputs, outputs, batch, max_queue_delay_us, instances, kind)
             _write_model_dir(staging / model_name, config, source, filename)
-            written.append(TritonModel(model_name, platform, repo / model_name))
-        (staging / "README.md").write_text(_readme(written, plugin_library, sidecar))
+            written.append(TritonModel(model_name, platform, repo / model_name, batch))
+        (staging / "README.md").write_text(_readme(_repository_models(repo, staging), plugin_library))
     return TritonRepo(repo, written, repo / "README.md")
 
 
@@ -139,53 +145,115 @@ def config_pbtxt(name: str, platform: str, inputs: list[TritonTensor], outputs: 
 
 
 def _write_model_dir(directory: Path, config: str, source: Path, filename: str) -> None:
-    """``directory``/config.pbtxt and ``directory``/1/``filename`` (a copy of ``source``)."""
+    """``directory``/config.pbtxt and ``directory``/1/``filename`` (a copy of ``source``, and of a plan's sidecar)."""
     (directory / "1").mkdir(parents=True)
     shutil.copyfile(source, directory / "1" / filename)
+    if filename == "model.plan":
+        shutil.copyfile(source.with_name(source.name + ".json"), directory / "1" / "model.plan.json")
     (directory / "config.pbtxt").write_text(config)
 
 
-def _readme(models: list[TritonModel], plugin_library: str, sidecar: dict) -> str:
-    """The repository's README; ``sidecar`` is the plan's build description ({} without a plan)."""
-    onnx_models = [m.name for m in models if m.platform == "onnxruntime_onnx"]
-    plan_models = [m.name for m in models if m.platform == "tensorrt_plan"]
+def _repository_models(repo: Path, staging: Path) -> list[tuple[TritonModel, dict]]:
+    """Every model folder (one with a config.pbtxt) that ``repo`` holds once ``staging`` has been moved
+    into it, by name, each with its plan's sidecar ({} for other models or none)."""
+    from polynl_deploy.tensorrt.builder import read_sidecar
+
+    folders = {d.name: d for d in (repo.iterdir() if repo.is_dir() else ()) if (d / "config.pbtxt").is_file()}
+    folders.update({d.name: d for d in staging.iterdir() if (d / "config.pbtxt").is_file()})
+    models = []
+    for model_name, folder in sorted(folders.items()):
+        config = (folder / "config.pbtxt").read_text()
+        kind = re.search(r'^(?:platform|backend):\s*"([^"]*)"', config, re.MULTILINE)
+        batch = re.search(r"^max_batch_size:\s*(\d+)", config, re.MULTILINE)
+        platform = kind.group(1) if kind else "unknown"
+        sidecar = read_sidecar(folder / "1" / "model.plan") if platform == "tensorrt_plan" else {}
+        models.append((TritonModel(model_name, platform, repo / model_name, int(batch.group(1)) if batch else 0),
+                       sidecar))
+    return models
+
+
+def _readme(models: list[tuple[TritonModel, dict]], plugin_library: str) -> str:
+    """The repository's README for ``models``, each with its plan's sidecar ({} for other models)."""
+    onnx_models = [m.name for m, _ in models if m.platform == "onnxruntime_onnx"]
+    plans = [(m, sidecar) for m, sidecar in models if m.platform == "tensorrt_plan"]
+    with_plugin = [m.name for m, sidecar in plans if sidecar.get("polynl_nodes") != 0]  # unknown: assume it
     lines = ["# Triton model repository (written by polynl-deploy)", "",
-             "| model | platform |", "|---|---|", *[f"| `{m.name}` | `{m.platform}` |" for m in models], ""]
+             "| model | platform | max_batch_size |", "|---|---|---|",
+             *[f"| `{m.name}` | `{m.platform}` | {m.max_batch_size} |" for m, _ in models], ""]
     if onnx_models:
         lines += ["## ONNX model", "",
                   "Each `polynl::PolyNL` node carries a model-local function body, so the stock ONNX Runtime",
                   "backend of Triton runs `model.onnx` unmodified: no custom-op library is needed.", ""]
-    lines += ["## Start Triton", "",
-              "Use the Triton container of the same release as the TensorRT that built `model.plan`",
-              "(`nvcr.io/nvidia/tritonserver:<yy.mm>-py3` pairs with `nvcr.io/nvidia/tensorrt:<yy.mm>-py3`)"
-              + (f"; this engine was built with TensorRT {sidecar['tensorrt_version']}"
-                 if sidecar.get("tensorrt_version") else "") + ".", "",
-              "```sh",
+    lines += ["## Start Triton", ""]
+    if plans:
+        lines += ["Use the Triton container of the same release as the TensorRT that built each `model.plan`",
+                  "(`nvcr.io/nvidia/tritonserver:<yy.mm>-py3` pairs with `nvcr.io/nvidia/tensorrt:<yy.mm>-py3`);",
+                  "a plan's `max_batch_size` is at most the largest batch of its optimization profile:", ""]
+        for m, sidecar in plans:
+            batches = _profile_batches(sidecar)
+            lines.append(f"- `{m.name}`: TensorRT {sidecar.get('tensorrt_version', '(not recorded)')}, "
+                         + (f"profile batches {batches[0]} to {batches[1]}" if batches else "profile not recorded"))
+        lines.append("")
+    lines += ["```sh",
               "docker run --rm --gpus all -p 8000:8000 -p 8001:8001 -p 8002:8002 \\",
               "  -v \"$PWD\":/models \\"]
-    if plan_models:
+    if with_plugin:
         lines += [f"  -v /path/to/{PLUGIN_LIBRARY_NAME}:{plugin_library}:ro \\",
                   "  nvcr.io/nvidia/tritonserver:<yy.mm>-py3 \\",
                   f"  tritonserver --model-repository=/models --backend-config=tensorrt,plugins={plugin_library}",
                   "```", "",
-                  f"`{'`, `'.join(plan_models)}` need(s) the PolyNL TensorRT plugin library: the",
+                  f"`{'`, `'.join(with_plugin)}` need(s) the PolyNL TensorRT plugin library: the",
                   f"`--backend-config=tensorrt,plugins={plugin_library}` option makes the TensorRT backend load it",
                   "before it deserializes the engine (several libraries: separate them with `;`). Build the library",
                   "against the container's TensorRT (`cmake -S plugins -B build/plugins && cmake --build build/plugins`",
                   "inside `nvcr.io/nvidia/tensorrt:<yy.mm>-py3`, or use this project's Docker image, which ships it",
-                  f"at `{PLUGIN_PATH_IN_IMAGE}`). Engines are specific to the GPU model and TensorRT version.",
-                  "The inputs and outputs in its `config.pbtxt` are those of the ONNX file; edit `data_type` if the",
-                  "engine was built with other I/O types.", ""]
+                  f"at `{PLUGIN_PATH_IN_IMAGE}`).", ""]
     else:
         lines += ["  nvcr.io/nvidia/tritonserver:<yy.mm>-py3 \\",
                   "  tritonserver --model-repository=/models", "```", ""]
+    if plans:
+        lines += ["Engines are specific to the GPU model and TensorRT version. The inputs and outputs in a plan's",
+                  "`config.pbtxt` are those of the ONNX file; edit `data_type` if the engine was built with other",
+                  "I/O types.", ""]
     lines += ["## Check", "", "```sh", "curl -sf localhost:8000/v2/health/ready && echo ready",
-              *[f"curl -s localhost:8000/v2/models/{m.name}" for m in models], "```", ""]
+              *[f"curl -s localhost:8000/v2/models/{m.name}" for m, _ in models], "```", ""]
     return "\n".join(lines)
 
 
+def _profile_batches(sidecar: dict) -> tuple[int, int] | None:
+    """The batch sizes every optimization profile of the plan accepts (first axis), or None if unrecorded."""
+    try:
+        profiles = sidecar["profiles"]
+        return max(p["min"][0] for p in profiles), min(p["max"][0] for p in profiles)
+    except (KeyError, IndexError, TypeError, ValueError):
+        return None
+
+
+def _plan_max_batch_size(plan_path: Path, sidecar: dict, requested: int | None) -> int:
+    """The tensorrt_plan model's max_batch_size: ``requested``, or DEFAULT_MAX_BATCH_SIZE lowered to the
+    largest batch of the plan's profiles; a requested one the profiles do not cover is refused."""
+    wanted = DEFAULT_MAX_BATCH_SIZE if requested is None else requested
+    if wanted == 0:
+        return 0
+    batches = _profile_batches(sidecar)
+    if batches is None:
+        raise ModelFileError(f"{plan_path}: {plan_path.name}.json records no optimization profiles, so the batch "
+                             "sizes the engine accepts are unknown; rebuild it with `polynl build`")
+    low, high = batches
+    if low > 1:
+        raise ModelFileError(f"{plan_path}: its optimization profile's smallest batch is {low}, but Triton's "
+                             "dynamic batching also runs smaller batches; rebuild with a min batch of 1 "
+                             "or use max_batch_size 0")
+    if requested is not None and requested > high:
+        raise SettingsError(f"triton-repo: max_batch_size {requested} exceeds the largest batch of {plan_path}'s "
+                            f"optimization profile ({high}); use at most {high} or rebuild the plan with a "
+                            "larger --max")
+    return min(wanted, high)
+
+
 def _checked_plan_sidecar(plan_path: Path, onnx_path: Path) -> dict:
-    """The sidecar of a plan that ``polynl build`` wrote from ``onnx_path``: it records both files' hashes."""
+    """The sidecar of a plan that ``polynl build --target trt`` wrote from ``onnx_path``: it records both
+    files' hashes."""
     from polynl_deploy.tensorrt.builder import read_sidecar
 
     require_file(plan_path, ModelFileError, "engine file")
@@ -194,8 +262,19 @@ def _checked_plan_sidecar(plan_path: Path, onnx_path: Path) -> dict:
     if not recorded:
         raise ModelFileError(f"{plan_path}: no {sidecar_name} beside it; build the plan with `polynl build "
                              f"{onnx_path} -o {plan_path}`, whose sidecar records the ONNX it came from")
-    if recorded.get("onnx_sha256") != sha256_of(onnx_path):
-        raise ModelFileError(f"{plan_path} was built from {recorded.get('onnx_path', 'another file')!r}, "
+    if recorded.get("target", "trt") != "trt":
+        raise ModelFileError(f"{plan_path} is a TensorRT-RTX engine ({sidecar_name}: target "
+                             f"{recorded['target']!r}), which Triton's tensorrt_plan backend (full TensorRT) "
+                             f"cannot load; build it with `polynl build {onnx_path} --target trt -o {plan_path}` "
+                             "on a machine with full TensorRT")
+    onnx_sha256 = sha256_of(onnx_path)
+    built_from = recorded.get("onnx_path")
+    if recorded.get("onnx_sha256") != onnx_sha256:
+        if built_from is not None and Path(built_from).resolve() == onnx_path.resolve():
+            raise ModelFileError(f"{onnx_path} changed since {plan_path} was built from it (ONNX SHA-256 "
+                                 f"{str(recorded.get('onnx_sha256'))[:12]}... in {sidecar_name}, now "
+                                 f"{onnx_sha256[:12]}...); rebuild the plan")
+        raise ModelFileError(f"{plan_path} was built from {built_from or 'another file'!r}, "
                              f"not from {onnx_path} (ONNX SHA-256 differs; see {sidecar_name})")
     plan_sha256 = sha256_of(plan_path)
     if recorded.get("plan_sha256", plan_sha256) != plan_sha256:

@@ -187,6 +187,8 @@ def test_serve_cannot_listen(host, port, fragment):
     (("build", "{d}/marks.onnx", "-o", "{d}/x.plan", "--target", "rtx", "--min", ":::"), "bad --min ':::'"),
     (("run", "{d}/marks.onnx", "--plugin", "{d}/nosuch.so"), "marks.onnx runs on ONNX Runtime"),
     (("run", "{d}/m.plan", "--plugin", "{d}/nosuch.so"), "nosuch.so: no such file"),
+    (("validate", "{d}/marks.onnx", "--backends", "ort", "--engine", "{d}/m.plan"),
+     "m.plan is only used by backend 'trt', which is not among --backends ort"),
     (("bench", "--no-layers", "--no-models", "--output-dir", "{d}/b"), "nothing to measure"),
     (("bench", "--nonlocal-memory-cap-gib", "-1", "--output-dir", "{d}/b"), "nonlocal_memory_cap_gib must be"),
     (("triton-repo", "{d}/marks.onnx", "-o", "{d}/repo", "--name", ""), "model name ''"),

@@ -206,3 +206,14 @@ def test_run_reads_plain_and_saved_npz_and_refuses_other_files(exported, tmp_pat
     not_npz = tmp_path / "text.npz"
     not_npz.write_text("hello")
     assert_clean_error(run_cli("run", exported, "--inputs", not_npz), "not a readable .npz")
+
+    from polynl_deploy.validation import save_inputs
+    saved = tmp_path / "saved.npz"
+    save_inputs(saved, [{"x": np.zeros((batch, 3, 6, 6), np.float32)} for batch in (1, 2, 3)])
+    result = run_cli("run", exported, "--inputs", saved, "--set", "2", "--output", out)
+    assert result.returncode == 0, result.stderr
+    assert "inputs: set 2 of the 3 in" in " ".join(result.stdout.split())
+    with np.load(out) as data:
+        assert data[data.files[0]].shape == (3, 4, 6, 6)
+    assert_clean_error(run_cli("run", exported, "--inputs", saved, "--set", "3"), "holds input sets 0 to 2, not set 3")
+    assert_clean_error(run_cli("run", exported, "--set", "1"), "no inputs file given")

@@ -204,6 +204,30 @@ def test_block_used_in_several_places_is_a_node_at_each_call(tmp_path, mode):
     np.testing.assert_allclose(ort_run(path, x), eager(shared, x), atol=1e-5, rtol=1e-4)
 
 
+@pytest.mark.parametrize("positions, form", [(4, "unfolded"), (4096, "folded_gram1")])
+def test_bodies_specialized_at_given_positions_have_no_if_and_stay_exact(tmp_path, positions, form):
+    """``specialize_bodies`` with N given (as TensorRT-RTX builds do at the profile's opt shape) fixes the
+    form, so no If is left; either exact form reproduces eager at every other N."""
+    from polynl_deploy.export.exporter import specialize_bodies
+
+    block = randomize(PolyNL2d(8), seed=9)
+    path = tmp_path / "block.onnx"
+    export_onnx(block, torch.randn(1, 8, 6, 6), path)
+    proto = onnx.load(str(path))
+    (node,) = polynl_nodes(proto)
+    specialized = specialize_bodies(proto, {node.name: positions})
+    (called,) = [n for n in specialized.graph.node if n.domain != ""]
+    assert called.op_type == f"PolyNL_maps_{form}" and [f.name for f in specialized.functions] == [called.op_type]
+    assert {a.name for a in called.attribute} == {"alpha", "layout"}
+    assert not [n for f in specialized.functions for n in f.node if n.op_type == "If"]
+    by_positions = specialize_bodies(proto)
+    assert [n.op_type for f in by_positions.functions for n in f.node if n.op_type == "If"] == ["If"]
+    onnx.save_model(specialized, str(tmp_path / "specialized.onnx"))
+    for shape in [(2, 8, 1, 3), (1, 8, 40, 30)]:
+        x = np.random.default_rng(10).standard_normal(shape).astype(np.float32)
+        np.testing.assert_allclose(ort_run(tmp_path / "specialized.onnx", x), eager(block, x), atol=1e-5, rtol=1e-4)
+
+
 def test_static_export_fixes_shapes(tmp_path):
     model = fixture_models.two_block_net()
     path = tmp_path / "static.onnx"

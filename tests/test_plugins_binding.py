@@ -50,3 +50,20 @@ def test_descriptor_errors_name_the_problem(x, w, layout, path, message):
 def test_missing_library_is_a_kernel_error(tmp_path):
     with pytest.raises(KernelError, match="cannot load the kernel library"):
         KernelLibrary(tmp_path / "libpolynl_kernels.so")
+
+
+def test_built_libraries_are_found_where_the_plugins_readme_builds_them(tmp_path, monkeypatch):
+    """$ENV first, then build/plugins (plugins/README.md's cmake -B), plugins/build and build/ of the checkout."""
+    from polynl_deploy import features
+
+    monkeypatch.setattr(features, "__file__", str(tmp_path / "polynl_deploy" / "features.py"))
+    monkeypatch.delenv("POLYNL_TEST_LIBRARY", raising=False)
+    assert features.find_built_library("POLYNL_TEST_LIBRARY", "libx.so") is None
+    for folder in ("build", "plugins/build", "build/plugins"):
+        (tmp_path / folder).mkdir(parents=True, exist_ok=True)
+        (tmp_path / folder / "libx.so").write_bytes(b"")
+        assert features.find_built_library("POLYNL_TEST_LIBRARY", "libx.so") == tmp_path / folder / "libx.so"
+    chosen = tmp_path / "elsewhere.so"
+    chosen.write_bytes(b"")
+    monkeypatch.setenv("POLYNL_TEST_LIBRARY", str(chosen))
+    assert features.find_built_library("POLYNL_TEST_LIBRARY", "libx.so") == chosen

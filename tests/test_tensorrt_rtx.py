@@ -5,6 +5,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import onnx
 import pytest
 import torch
@@ -186,10 +187,14 @@ def test_parser_maps_polynl_nodes_onto_the_plugin_contract(exported, name):
     assert first["fields"]["plugin_version"][1] == contract.PLUGIN_VERSION
 
 
-@pytest.mark.parametrize("zoo_name", ["polynl-marks-small", "polynl-tokens-small"])
+@pytest.mark.parametrize("zoo_name", ["polynl-marks-small", "polynl-tokens-small", "polynl-resnet-small"])
 def test_rtx_builds_zoo_models_through_the_cli(tmp_path, zoo_name):
-    """The demo's shipped model and the token model: `polynl export` then `polynl build --target rtx`."""
+    """The demo's shipped model, the token model and a two-block ResNet with dynamic H, W (blocks at
+    different N): `polynl export` then `polynl build --target rtx`. Each block's form is fixed at the
+    profile's opt shape; the sidecar records the N of each node, here checked against eager's."""
     from conftest import run_cli
+    from polynl_deploy.nn import POLYNL_BLOCKS
+    from polynl_deploy.sources import load_source
 
     onnx_path, plan = tmp_path / f"{zoo_name}.onnx", tmp_path / f"{zoo_name}.plan"
     assert run_cli("export", zoo_name, "-o", onnx_path).returncode == 0
@@ -200,16 +205,32 @@ def test_rtx_builds_zoo_models_through_the_cli(tmp_path, zoo_name):
     assert sidecar["polynl_nodes"] == len(json.loads(
         {p.key: p.value for p in onnx.load(str(onnx_path)).metadata_props}["polynl_deploy.blocks"]))
     assert plan.stat().st_size > 100_000
+    assert "already exists" not in result.stderr  # the function body's repeated node names, logged at debug
+
+    model, seen = load_source(zoo_name).model, {}
+
+    def record_positions(name):
+        def hook(module, args, output):
+            x = args[0]
+            seen[f"PolyNL/{name}"] = int(np.prod(x.shape[2:] if x.dim() == 4 else x.shape[1:2]))
+        return hook
+
+    for name, block in model.named_modules():
+        if isinstance(block, POLYNL_BLOCKS):
+            block.register_forward_hook(record_positions(name))
+    with torch.no_grad():
+        model(torch.randn(*sidecar["profiles"][0]["opt"]))
+    assert sidecar["forms_fixed_at_positions"] == seen and len(seen) == sidecar["polynl_nodes"]
 
 
-def test_built_plan_goes_into_a_triton_repository(exported, tmp_path):
-    """The sidecar's hashes tie the plan to its ONNX: make_triton_repo takes a real plan built from it."""
+def test_built_plan_is_kept_out_of_a_triton_repository(exported, tmp_path):
+    """The sidecar records the plan's hash and its target: Triton's tensorrt_plan backend (full TensorRT)
+    cannot load a TensorRT-RTX engine, so make_triton_repo refuses it before writing anything."""
     from polynl_deploy.triton_repo import make_triton_repo
 
     plan = tmp_path / "tokens.plan"
     result = rtx_build(exported["tokens"], plan)
-    assert result.metadata["plan_sha256"] == sha256_of(plan)
-    repo = make_triton_repo(tmp_path / "repo", exported["tokens"], plan_path=plan)
-    assert (repo.path / "tokens_trt" / "1" / "model.plan").read_bytes() == plan.read_bytes()
-    with pytest.raises(ModelFileError, match="was built from"):
-        make_triton_repo(tmp_path / "other", exported["maps"], plan_path=plan)
+    assert result.metadata["plan_sha256"] == sha256_of(plan) and result.metadata["target"] == "rtx"
+    with pytest.raises(ModelFileError, match="is a TensorRT-RTX engine"):
+        make_triton_repo(tmp_path / "repo", exported["tokens"], plan_path=plan)
+    assert not (tmp_path / "repo").exists()

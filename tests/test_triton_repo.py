@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import fixture_models
-from polynl_deploy.errors import ModelFileError, PolyNLError
+from polynl_deploy.errors import ModelFileError, PolyNLError, SettingsError
 from polynl_deploy.triton_repo import PLUGIN_PATH_IN_IMAGE, make_triton_repo
 
 
@@ -41,8 +41,10 @@ def exported(tmp_path_factory):
     return folder / "net.onnx", static
 
 
-def plan_with_sidecar(plan: Path, onnx_path: Path, content: bytes = b"engine bytes") -> Path:
-    """A stand-in plan with the sidecar ``polynl build`` writes beside it (the hashes are what is checked)."""
+def plan_with_sidecar(plan: Path, onnx_path: Path, content: bytes = b"engine bytes", *, target: str = "trt",
+                      batches: tuple[int, int] = (1, 16), polynl_nodes: int = 2) -> Path:
+    """A stand-in plan with the sidecar ``polynl build`` writes beside it (hashes, target, profile batch
+    range and PolyNL node count are what is read)."""
     import hashlib
     import json
 
@@ -51,7 +53,10 @@ def plan_with_sidecar(plan: Path, onnx_path: Path, content: bytes = b"engine byt
     plan.write_bytes(content)
     plan.with_name(plan.name + ".json").write_text(json.dumps({
         "onnx_path": str(onnx_path), "onnx_sha256": sha256_of(onnx_path),
-        "plan_sha256": hashlib.sha256(content).hexdigest(), "target": "trt"}))
+        "plan_sha256": hashlib.sha256(content).hexdigest(), "target": target, "tensorrt_version": "10.9.0",
+        "polynl_nodes": polynl_nodes,
+        "profiles": [{"input": "x", "min": [batches[0], 3, 1, 1], "opt": [2, 3, 10, 14],
+                      "max": [batches[1], 3, 20, 28]}]}))
     return plan
 
 
@@ -75,9 +80,12 @@ def test_onnx_and_plan_models(exported, tmp_path):
     plan_config, _ = _parse(repo.path / "polynl_trt" / "config.pbtxt")
     assert (plan_config.name, plan_config.platform, plan_config.max_batch_size) == ("polynl_trt", "tensorrt_plan", 16)
     assert [(g.count, g.kind) for g in plan_config.instance_group] == [(2, pb2.ModelInstanceGroup.KIND_GPU)]
+    assert (repo.path / "polynl_trt" / "1" / "model.plan.json").read_bytes() == \
+        plan.with_name("net.plan.json").read_bytes()
 
     readme = repo.readme.read_text()
     assert f"--backend-config=tensorrt,plugins={PLUGIN_PATH_IN_IMAGE}" in readme
+    assert "- `polynl_trt`: TensorRT 10.9.0, profile batches 1 to 16" in readme
     assert "tritonserver --model-repository=/models" in readme
     leftovers = [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
     assert leftovers == [], "temporary folders left behind"
@@ -134,6 +142,71 @@ def test_plan_must_be_the_one_built_from_the_onnx(exported, tmp_path):
     assert not (tmp_path / "r").exists()
 
 
+def test_onnx_changed_since_the_build(exported, tmp_path):
+    from polynl_deploy.io import sha256_of
+
+    onnx_path = tmp_path / "net.onnx"
+    onnx_path.write_bytes(exported[0].read_bytes())
+    plan = plan_with_sidecar(tmp_path / "net.plan", onnx_path)
+    built_sha = sha256_of(onnx_path)
+    onnx_path.write_bytes(exported[1].read_bytes())
+    with pytest.raises(ModelFileError) as error:
+        make_triton_repo(tmp_path / "r", onnx_path, plan_path=plan, max_batch_size=0)
+    message = str(error.value)
+    assert message.startswith(f"{onnx_path} changed since {plan} was built from it")
+    assert built_sha[:12] in message and sha256_of(onnx_path)[:12] in message and "not from" not in message
+    assert not (tmp_path / "r").exists()
+
+
+def test_tensorrt_rtx_plan_is_refused(exported, tmp_path):
+    onnx_path, _ = exported
+    plan = plan_with_sidecar(tmp_path / "rtx.plan", onnx_path, target="rtx")
+    with pytest.raises(ModelFileError, match=r"rtx.plan is a TensorRT-RTX engine .*cannot load; "
+                                             r"build it with `polynl build .* --target trt"):
+        make_triton_repo(tmp_path / "r", onnx_path, plan_path=plan)
+    assert not (tmp_path / "r").exists()
+
+
+def test_plan_max_batch_size_stays_within_its_profile(exported, tmp_path):
+    onnx_path, _ = exported
+    plan = plan_with_sidecar(tmp_path / "net.plan", onnx_path, batches=(1, 4))
+    with pytest.raises(SettingsError, match=r"max_batch_size 16 exceeds the largest batch of .*net.plan's "
+                                            r"optimization profile \(4\)"):
+        make_triton_repo(tmp_path / "r", onnx_path, plan_path=plan, max_batch_size=16)
+    assert not (tmp_path / "r").exists()
+
+    repo = make_triton_repo(tmp_path / "r", onnx_path, plan_path=plan)  # default 8: the plan's 4, the ONNX's 8
+    assert [(m.name, m.max_batch_size) for m in repo.models] == [("net", 8), ("net_trt", 4)]
+    assert _parse(repo.path / "net" / "config.pbtxt")[0].max_batch_size == 8
+    assert _parse(repo.path / "net_trt" / "config.pbtxt")[0].max_batch_size == 4
+    assert "| `net_trt` | `tensorrt_plan` | 4 |" in repo.readme.read_text()
+    small = make_triton_repo(tmp_path / "r2", onnx_path, plan_path=plan, max_batch_size=3)
+    assert [m.max_batch_size for m in small.models] == [3, 3]
+
+    from_two = plan_with_sidecar(tmp_path / "two.plan", onnx_path, batches=(2, 8))
+    with pytest.raises(ModelFileError, match="profile's smallest batch is 2"):
+        make_triton_repo(tmp_path / "r3", onnx_path, plan_path=from_two)
+    assert _parse(make_triton_repo(tmp_path / "r3", onnx_path, plan_path=from_two, max_batch_size=0).path
+                  / "net_trt" / "config.pbtxt")[0].max_batch_size == 0
+
+
+def test_readme_describes_every_model_in_the_repository(exported, tmp_path):
+    onnx_path, static = exported
+    plan = plan_with_sidecar(tmp_path / "net.plan", onnx_path, batches=(1, 2))
+    make_triton_repo(tmp_path / "repo", onnx_path, plan_path=plan)
+    readme = make_triton_repo(tmp_path / "repo", static, max_batch_size=0).readme.read_text()
+    for row in ("| `net` | `onnxruntime_onnx` | 8 |", "| `net_trt` | `tensorrt_plan` | 2 |",
+                "| `static` | `onnxruntime_onnx` | 0 |", "- `net_trt`: TensorRT 10.9.0, profile batches 1 to 2",
+                f"tritonserver --model-repository=/models --backend-config=tensorrt,plugins={PLUGIN_PATH_IN_IMAGE}",
+                "`net_trt` need(s) the PolyNL TensorRT plugin library", "curl -s localhost:8000/v2/models/net_trt",
+                "curl -s localhost:8000/v2/models/static"):
+        assert row in readme, row
+
+    plugin_free = plan_with_sidecar(tmp_path / "free.plan", onnx_path, polynl_nodes=0)
+    readme = make_triton_repo(tmp_path / "other", onnx_path, plan_path=plugin_free).readme.read_text()
+    assert "- `net_trt`: TensorRT 10.9.0" in readme and "plugins=" not in readme
+
+
 def test_cli_command(exported, tmp_path):
     import typer
     from typer.testing import CliRunner
@@ -148,3 +221,34 @@ def test_cli_command(exported, tmp_path):
     assert result.exit_code == 0, result.output
     config, _ = _parse(tmp_path / "repo" / "cli" / "config.pbtxt")
     assert (config.max_batch_size, config.instance_group[0].count) == (4, 3)
+
+
+def test_cli_plan_batch_limits(exported, tmp_path):
+    from typer.testing import CliRunner
+
+    from polynl_cli.app import app
+
+    plan = plan_with_sidecar(tmp_path / "net.plan", exported[0], batches=(1, 2))
+    args = ["triton-repo", str(exported[0]), "-o", str(tmp_path / "repo"), "--plan", str(plan)]
+    refused = CliRunner().invoke(app, [*args, "--max-batch-size", "16"])
+    assert refused.exit_code == 2 and "max_batch_size 16 exceeds" in refused.stderr, refused.output
+    assert len(refused.stderr.strip().splitlines()) == 1 and not (tmp_path / "repo").exists()
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "(tensorrt_plan, max_batch_size 2)" in result.stdout
+    assert "(onnxruntime_onnx, max_batch_size 8)" in result.stdout
+
+
+@pytest.mark.tensorrt_rtx
+def test_cli_refuses_a_real_tensorrt_rtx_plan(exported, tmp_path):
+    from typer.testing import CliRunner
+
+    from polynl_cli.app import app
+
+    plan = tmp_path / "net.plan"
+    built = CliRunner().invoke(app, ["build", str(exported[0]), "--target", "rtx", "--sm", "89", "-o", str(plan)])
+    assert built.exit_code == 0, built.output
+    result = CliRunner().invoke(app, ["triton-repo", str(exported[0]), "-o", str(tmp_path / "repo"),
+                                      "--plan", str(plan)])
+    assert result.exit_code == 2 and "is a TensorRT-RTX engine" in result.stderr, result.output
+    assert not (tmp_path / "repo").exists()

@@ -7,7 +7,7 @@ import logging
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Literal, Sequence
+from typing import Literal, Mapping, Sequence
 
 import onnx
 import torch
@@ -19,7 +19,8 @@ from polynl_deploy.export.function_body import build_function
 from polynl_deploy.export.schema import register_schema
 from polynl_deploy.io import atomic_path
 from polynl_deploy.nn import POLYNL_BLOCKS
-from polynl_deploy.nn.functional import body_always_unfolded, body_gram_blocks, folded_min_positions
+from polynl_deploy.nn.functional import (body_always_unfolded, body_gram_blocks, body_prefers_unfolded,
+                                          folded_min_positions)
 from polynl_deploy.onnx_file import nodes_with_subgraphs
 
 Mode = Literal["custom-op", "standard-ops"]
@@ -218,12 +219,11 @@ def attach_function(model: onnx.ModelProto) -> None:
         model.opset_import.append(onnx.helper.make_opsetid(contract.DOMAIN, contract.OP_VERSION))
 
 
-def to_standard_ops(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Replace every PolyNL node by its body, specialized for the node's layout and weights: no If left
-    but the choice by N (``nn.functional.body_prefers_unfolded``), and that one only where N is dynamic."""
-    import onnxscript.optimizer
-    from onnx.inliner import inline_local_functions
-
+def specialize_bodies(model: onnx.ModelProto, positions: Mapping[str, int] | None = None) -> onnx.ModelProto:
+    """A copy whose PolyNL nodes call function bodies specialized for their layout and weights (domain
+    ``polynl.inline``): no If left but the choice by N (``nn.functional.body_prefers_unfolded``), and that
+    one only where N is dynamic and not given in ``positions`` (node name -> N). Both forms are exact:
+    fixing one at a given N changes speed elsewhere, not the result."""
     model = copy.deepcopy(model)
     opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
     initializers = {t.name: t for t in model.graph.initializer}
@@ -235,17 +235,35 @@ def to_standard_ops(model: onnx.ModelProto) -> onnx.ModelProto:
         wq = initializers.get(node.input[1])
         if wq is None:
             raise ExportError(f"node {node.name!r}: Wq is not an initializer; cannot pick the body form")
-        unfolded = body_always_unfolded(layout, wq.dims[0], wq.dims[1])
-        gram_blocks = body_gram_blocks(wq.dims[0])
-        form = "unfolded" if unfolded else f"by_positions_gram{gram_blocks}"
-        name = f"{contract.OP_TYPE}_{layout}_{form}"
+        channels, inner = wq.dims
+        gram_blocks = body_gram_blocks(channels)
+        if positions and node.name in positions:
+            unfolded = body_prefers_unfolded(layout, channels, inner, positions[node.name])
+        else:
+            unfolded = True if body_always_unfolded(layout, channels, inner) else None
+        form = {True: "unfolded", False: f"folded_gram{gram_blocks}", None: f"by_positions_gram{gram_blocks}"}
+        name = f"{contract.OP_TYPE}_{layout}_{form[unfolded]}"
         if name not in specialized:
-            specialized[name] = build_function(opset, layout, True if unfolded else None, name=name,
-                                               domain=_INLINE_DOMAIN, gram_blocks=gram_blocks)
+            specialized[name] = build_function(opset, layout, unfolded, name=name, domain=_INLINE_DOMAIN,
+                                               gram_blocks=gram_blocks)
         node.op_type, node.domain = name, _INLINE_DOMAIN
+        kept = [a for a in node.attribute if a.name in ("alpha", "layout")]
+        del node.attribute[:]
+        node.attribute.extend(kept)
+    kept_functions = [f for f in model.functions if not (f.domain == contract.DOMAIN and f.name == contract.OP_TYPE)]
     del model.functions[:]
-    model.functions.extend(specialized.values())
-    model.opset_import.append(onnx.helper.make_opsetid(_INLINE_DOMAIN, 1))
+    model.functions.extend([*kept_functions, *specialized.values()])
+    if specialized:
+        model.opset_import.append(onnx.helper.make_opsetid(_INLINE_DOMAIN, 1))
+    return model
+
+
+def to_standard_ops(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Replace every PolyNL node by its specialized body (``specialize_bodies``), inlined and optimized."""
+    import onnxscript.optimizer
+    from onnx.inliner import inline_local_functions
+
+    model = specialize_bodies(model)
     # Branch outputs that are constants (a bias) cannot be deduplicated; the optimizer logs each one.
     logging.getLogger("onnx_ir.passes.common.initializer_deduplication").setLevel(logging.ERROR)
     optimized = onnxscript.optimizer.optimize(inline_local_functions(model))

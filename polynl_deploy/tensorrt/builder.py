@@ -3,12 +3,16 @@
 Target ``trt``: full TensorRT on the GPU that will run the engine, PolyNL nodes served by the plugin
 library (``OnnxParserFlag.ENABLE_PLUGIN_OVERRIDE`` makes the plugin win over the model-local function).
 Target ``rtx``: TensorRT for RTX, ahead of time for the requested SMs, no GPU needed. It has no plugin
-layers: its parser imports each PolyNL node's model-local function body (standard ops).
+layers: its parser imports each PolyNL node's model-local function body (standard ops), specialized
+for the node's form at the profile's opt shape (``specialize_bodies``): its builder refuses the
+body's run-time If on N (data-dependent shapes inside a conditional).
 """
 
+import copy
 import hashlib
 import json
 import logging
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +21,7 @@ import onnx
 
 from polynl_deploy import contract, features
 from polynl_deploy.errors import BackendUnavailableError, EngineBuildError, ModelFileError
+from polynl_deploy.export.exporter import specialize_bodies
 from polynl_deploy.io import atomic_path, require_file, sha256_of, write_bytes_atomic
 from polynl_deploy.onnx_file import load_onnx
 from polynl_deploy.tensorrt.precision import convert_precision
@@ -26,7 +31,8 @@ from polynl_deploy.tensorrt.settings import BuildSettings
 log = logging.getLogger(__name__)
 
 GRAPH_PLUGIN = "custom-op (PolyNL plugin)"
-GRAPH_FUNCTION_BODY = "custom-op (the parser imports each PolyNL node's model-local function body)"
+GRAPH_FUNCTION_BODY = ("custom-op (the parser imports each PolyNL node's model-local function body, "
+                       "its form fixed at the profile's opt shape)")
 GRAPH_AS_EXPORTED = "standard-ops (as exported)"
 
 
@@ -58,19 +64,48 @@ def count_polynl_nodes(model: onnx.ModelProto) -> int:
     return sum(1 for n in model.graph.node if n.domain == contract.DOMAIN and n.op_type == contract.OP_TYPE)
 
 
-def prepare_onnx(model: onnx.ModelProto, settings: BuildSettings) -> tuple[onnx.ModelProto, str]:
-    """The graph the parser gets, converted to the build precision. Without plugin layers (rtx) the
-    parser imports the PolyNL function bodies, which keep their float32 statistics."""
+def positions_at(model: onnx.ModelProto, profiles: list[Profile]) -> dict[str, int]:
+    """N of each PolyNL node (by name) with every input at its profile's opt shape, from ONNX shape
+    inference; nodes whose X shape stays unknown are left out."""
+    from polynl_deploy.export.schema import register_schema
+
+    register_schema()
+    fixed = copy.deepcopy(model)
+    opt = {p.input: p.opt for p in profiles}
+    for value in fixed.graph.input:
+        if value.name in opt:
+            for dim, size in zip(value.type.tensor_type.shape.dim, opt[value.name]):
+                dim.Clear()
+                dim.dim_value = size
+    inferred = onnx.shape_inference.infer_shapes(fixed)
+    shapes = {v.name: [d.dim_value if d.HasField("dim_value") else None for d in v.type.tensor_type.shape.dim]
+              for v in [*inferred.graph.input, *inferred.graph.value_info]}
+    positions = {}
+    for node in inferred.graph.node:
+        if node.domain == contract.DOMAIN and node.op_type == contract.OP_TYPE:
+            dims = shapes.get(node.input[0], [])
+            spatial = dims[2:] if len(dims) == 4 else dims[1:2]
+            if spatial and all(spatial):
+                positions[node.name] = math.prod(spatial)
+    return positions
+
+
+def prepare_onnx(model: onnx.ModelProto, settings: BuildSettings,
+                 profiles: list[Profile]) -> tuple[onnx.ModelProto, str, dict[str, int]]:
+    """The graph the parser gets, converted to the build precision, and for rtx the N at which each
+    node's form was fixed. Without plugin layers (rtx) the parser imports the PolyNL function bodies,
+    which keep their float32 statistics."""
     converted = convert_precision(model, settings.precision, keep_io_fp32=settings.keep_io_fp32)
     if not count_polynl_nodes(model):
-        return converted, GRAPH_AS_EXPORTED
+        return converted, GRAPH_AS_EXPORTED, {}
     if settings.target == "rtx":
-        return converted, GRAPH_FUNCTION_BODY
-    return converted, GRAPH_PLUGIN
+        positions = positions_at(model, profiles)
+        return specialize_bodies(converted, positions), GRAPH_FUNCTION_BODY, positions
+    return converted, GRAPH_PLUGIN, {}
 
 
 def resolve_plugin_library(settings: BuildSettings, polynl_nodes: int) -> Path | None:
-    """The plugin library for target trt: --plugin, else POLYNL_PLUGIN_LIBRARY or plugins/build."""
+    """The plugin library for target trt: --plugin, else POLYNL_PLUGIN_LIBRARY or a build (``features``)."""
     library = settings.plugin_library or features.detect().plugin_library
     if library is not None:
         require_file(library, BackendUnavailableError, prefix="plugin library ")
@@ -102,7 +137,9 @@ def _collecting_logger(trt):
         def log(self, severity, msg) -> None:
             if severity <= trt.ILogger.Severity.WARNING:
                 self.messages.append(msg)
-                log.warning("TensorRT: %s", msg)
+                # Each PolyNL node imports the same function body, whose node names repeat: benign.
+                repeated_name = "already exists, the output tensors of this new instance will not be queryable"
+                (log.debug if repeated_name in msg else log.warning)("TensorRT: %s", msg)
 
     return CollectingLogger()
 
@@ -194,7 +231,7 @@ def build_engine(settings: BuildSettings) -> BuildResult:
         if plugin_library:
             load_plugin_library(trt, plugin_library)
     profiles = profiles_for_onnx(settings.onnx_path, max_scale=settings.max_scale, overrides=settings.shape_overrides)
-    prepared, graph_form = prepare_onnx(model, settings)
+    prepared, graph_form, form_positions = prepare_onnx(model, settings, profiles)
 
     logger = _collecting_logger(trt)
     builder = trt.Builder(logger)
@@ -215,8 +252,13 @@ def build_engine(settings: BuildSettings) -> BuildResult:
     serialized = _build_with_progress(trt, builder, network, config, settings.show_progress)
     build_seconds = time.perf_counter() - started
     if serialized is None:
+        hint = ""
+        if graph_form == GRAPH_AS_EXPORTED and any("Data-dependent shapes" in m for m in logger.messages):
+            hint = ("\n  (a standard-ops export keeps its blocks' run-time choice of form by N, which this builder "
+                    "refuses inside a conditional: export with --mode custom-op or --static, or fix the spatial "
+                    "dims with --min/--opt/--max)")
         raise EngineBuildError(f"{settings.onnx_path}: TensorRT {trt.__version__} could not build an engine:\n  "
-                               + "\n  ".join(logger.messages[-10:] or ["(no message from TensorRT)"]))
+                               + "\n  ".join(logger.messages[-10:] or ["(no message from TensorRT)"]) + hint)
     plan = memoryview(serialized)
     metadata = {
         "target": settings.target,
@@ -228,6 +270,7 @@ def build_engine(settings: BuildSettings) -> BuildResult:
         "tf32": settings.tf32,
         "graph": graph_form,
         "polynl_nodes": polynl_nodes,
+        **({"forms_fixed_at_positions": form_positions} if settings.target == "rtx" and polynl_nodes else {}),
         "profiles": [p.to_json() for p in profiles],
         "onnx_path": str(settings.onnx_path),
         "onnx_sha256": sha256_of(settings.onnx_path),

@@ -20,6 +20,7 @@ class RunResult:
     backend: str
     inputs: dict[str, np.ndarray]
     outputs: dict[str, np.ndarray]
+    input_sets: int = 1  # how many sets the inputs file holds (``input_set`` picked one)
 
 
 def load_runner(model_path, plugin_library=None) -> Runner:
@@ -31,11 +32,15 @@ def load_runner(model_path, plugin_library=None) -> Runner:
     return OnnxRuntimeRunner(path)
 
 
-def read_npz_feed(path) -> dict[str, np.ndarray]:
-    """Arrays keyed by input name; a ``--save-inputs`` file (keys ``<set>/<name>``) gives its first set."""
+def read_npz_feed(path, input_set: int = 0) -> tuple[dict[str, np.ndarray], int]:
+    """Arrays keyed by input name, and the number of sets in the file: a ``--save-inputs`` file (keys
+    ``<set>/<name>``) holds several, of which ``input_set`` is taken."""
     from polynl_deploy.validation import load_inputs
 
-    return load_inputs(path)[0]
+    sets = load_inputs(path)
+    if not 0 <= input_set < len(sets):
+        raise InputError(f"{path}: holds input sets 0 to {len(sets) - 1}, not set {input_set}")
+    return sets[input_set], len(sets)
 
 
 def example_feed(runner: Runner, model_path, seed: int) -> dict[str, np.ndarray]:
@@ -56,9 +61,11 @@ def example_feed(runner: Runner, model_path, seed: int) -> dict[str, np.ndarray]
     return random_feed(runner.input_specs, shapes, np.random.default_rng(seed))
 
 
-def run_model(model_path, *, inputs_path=None, output_path=None, seed: int = defaults.SEED,
+def run_model(model_path, *, inputs_path=None, input_set: int = 0, output_path=None, seed: int = defaults.SEED,
               plugin_library=None) -> RunResult:
     check_seed(seed)
+    if input_set and inputs_path is None:
+        raise SettingsError(f"input set {input_set} asked for, but no inputs file given")
     if plugin_library is not None:
         if Path(model_path).suffix not in PLAN_SUFFIXES:
             raise SettingsError(f"a plugin library applies to TensorRT engines ({', '.join(PLAN_SUFFIXES)}); "
@@ -68,9 +75,9 @@ def run_model(model_path, *, inputs_path=None, output_path=None, seed: int = def
     runner = load_runner(model_path, plugin_library)
     if inputs_path is not None:
         require_file(inputs_path, InputError, "inputs file")
-    feed = read_npz_feed(inputs_path) if inputs_path else example_feed(runner, model_path, seed)
+    feed, sets = read_npz_feed(inputs_path, input_set) if inputs_path else (example_feed(runner, model_path, seed), 1)
     outputs = runner.infer(feed)
     if output_path is not None:
         with atomic_path(output_path) as tmp, open(tmp, "wb") as handle:
             np.savez(handle, **outputs)
-    return RunResult(runner.name, feed, outputs)
+    return RunResult(runner.name, feed, outputs, sets)
