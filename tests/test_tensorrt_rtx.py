@@ -221,6 +221,10 @@ def test_rtx_builds_zoo_models_through_the_cli(tmp_path, zoo_name):
     with torch.no_grad():
         model(torch.randn(*sidecar["profiles"][0]["opt"]))
     assert sidecar["forms_fixed_at_positions"] == seen and len(seen) == sidecar["polynl_nodes"]
+    if zoo_name == "polynl-resnet-small":  # the forms are fixed in the precision-converted graph too
+        half = run_cli("build", onnx_path, "-o", tmp_path / "half.plan", "--target", "rtx", "--sm", "89",
+                       "--precision", "fp16", "--keep-io-fp32")
+        assert half.returncode == 0, half.stdout + half.stderr
 
 
 def test_built_plan_is_kept_out_of_a_triton_repository(exported, tmp_path):
