@@ -34,6 +34,7 @@ GRAPH_PLUGIN = "custom-op (PolyNL plugin)"
 GRAPH_FUNCTION_BODY = ("custom-op (the parser imports each PolyNL node's model-local function body, "
                        "its form fixed at the profile's opt shape)")
 GRAPH_AS_EXPORTED = "standard-ops (as exported)"
+_REPEATED_NODE_NAME = "already exists, the output tensors of this new instance will not be queryable"
 
 
 @dataclass
@@ -135,11 +136,13 @@ def _collecting_logger(trt):
             self.messages: list[str] = []
 
         def log(self, severity, msg) -> None:
-            if severity <= trt.ILogger.Severity.WARNING:
-                self.messages.append(msg)
-                # Each PolyNL node imports the same function body, whose node names repeat: benign.
-                repeated_name = "already exists, the output tensors of this new instance will not be queryable"
-                (log.debug if repeated_name in msg else log.warning)("TensorRT: %s", msg)
+            if severity > trt.ILogger.Severity.WARNING:
+                return
+            if _REPEATED_NODE_NAME in msg:  # each PolyNL node imports a body whose node names repeat: benign
+                log.debug("TensorRT: %s", msg)
+                return
+            self.messages.append(msg)
+            log.warning("TensorRT: %s", msg)
 
     return CollectingLogger()
 
