@@ -116,3 +116,31 @@ def test_unknown_precision_is_refused(exported):
 
     with pytest.raises(ExportError, match="fp32, fp16 or bf16"):
         convert_precision(load_onnx(exported["maps", "custom-op"][0]), "int8")
+
+
+def test_keep_io_fp32_reaches_graph_inputs_read_inside_branches():
+    """An If branch that reads a graph input directly must see the low-precision copy too (else the branch
+    mixes float32 with float16 and ONNX Runtime refuses the model)."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    def branch(name, factor):
+        node = helper.make_node("Mul", ["x", f"{name}_factor"], [f"{name}_out"])
+        output = helper.make_tensor_value_info(f"{name}_out", TensorProto.FLOAT, [2])
+        return helper.make_graph([node], name, [], [output],
+                                 initializer=[helper.make_tensor(f"{name}_factor", TensorProto.FLOAT, [1], [factor])])
+
+    graph = helper.make_graph(
+        [helper.make_node("ReduceSum", ["x"], ["total"], keepdims=0),
+         helper.make_node("Greater", ["total", "zero"], ["positive"]),
+         helper.make_node("If", ["positive"], ["y"], then_branch=branch("then", 2.0),
+                          else_branch=branch("else", -3.0))],
+        "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])],
+        initializer=[helper.make_tensor("zero", TensorProto.FLOAT, [], [0.0])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
+    converted = convert_precision(model, "fp16", keep_io_fp32=True)
+    assert [i.type.tensor_type.elem_type for i in converted.graph.input] == [TensorProto.FLOAT]
+    session = ort.InferenceSession(converted.SerializeToString(), providers=["CPUExecutionProvider"])
+    for x, factor in ((np.array([1.5, 2.0], np.float32), 2.0), (np.array([-1.5, 0.25], np.float32), -3.0)):
+        np.testing.assert_allclose(session.run(None, {"x": x})[0], factor * x, rtol=1e-3)

@@ -16,7 +16,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from polynl_deploy.errors import ExportError
-from polynl_deploy.onnx_file import graphs_with_subgraphs
+from polynl_deploy.onnx_file import graphs_with_subgraphs, nodes_with_subgraphs
 
 TARGET_TYPES = {"fp16": TensorProto.FLOAT16, "bf16": TensorProto.BFLOAT16}
 FLOAT = TensorProto.FLOAT
@@ -78,14 +78,14 @@ def _keep_io_fp32(graph: onnx.GraphProto, elem_type: int) -> None:
         if value.type.tensor_type.elem_type != FLOAT:
             continue
         inner = f"{value.name}__to_low_precision"
-        for node in graph.node:
+        for node in nodes_with_subgraphs(graph):  # If/Loop branches may read graph inputs directly
             node.input[:] = [inner if i == value.name else i for i in node.input]
         casts_in.append(helper.make_node("Cast", [value.name], [inner], to=elem_type, name=f"{inner}/Cast"))
     for value in graph.output:
         if value.type.tensor_type.elem_type != FLOAT:
             continue
         inner = f"{value.name}__low_precision"
-        for node in graph.node:
+        for node in nodes_with_subgraphs(graph):
             node.output[:] = [inner if o == value.name else o for o in node.output]
             node.input[:] = [inner if i == value.name else i for i in node.input]
         graph.node.append(helper.make_node("Cast", [inner], [value.name], to=FLOAT, name=f"{value.name}/Cast"))
