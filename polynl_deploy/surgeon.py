@@ -11,6 +11,7 @@ the ``*_file`` functions read and write files atomically.
 
 import itertools
 import logging
+import math
 import re
 from dataclasses import dataclass
 
@@ -117,6 +118,71 @@ def _reduces(tensor: gs.Tensor, op: str, rank: int, axes: set[int], keepdims: in
     if node is None or node.attrs.get("keepdims", 1) != keepdims or _axes(node, rank) != axes:
         return None
     return node.inputs[0]
+
+
+class _Probe:
+    """The graph's shapes with every dynamic dim of its inputs set to a probe size (ONNX shape inference
+    with data propagation), to evaluate the size arithmetic torch.onnx writes: the Gram matrix's divisor
+    is expressed through the model input's shape, not the block's."""
+
+    SIZES = (2, 29, 31, 37, 41, 43)
+    """Batch first, then distinct primes, so that N and other sizes do not meet by chance."""
+
+    def __init__(self, graph: gs.Graph) -> None:
+        model = gs.export_onnx(graph.copy())
+        sizes = iter(self.SIZES * 4)
+        for value in model.graph.input:
+            for dim in value.type.tensor_type.shape.dim:
+                if not dim.HasField("dim_value"):
+                    dim.Clear()
+                    dim.dim_value = next(sizes)
+        for value in [*model.graph.value_info, *model.graph.output]:  # the export's symbols, not the probe's
+            value.type.tensor_type.ClearField("shape")
+        register_schema()
+        inferred = onnx.shape_inference.infer_shapes(model, data_prop=True)
+        self.shapes = {v.name: tuple(d.dim_value if d.HasField("dim_value") else None
+                                     for d in v.type.tensor_type.shape.dim)
+                       for v in [*inferred.graph.input, *inferred.graph.value_info, *inferred.graph.output]}
+
+    def may_be_positions(self, divisor: gs.Tensor, flat_x: gs.Tensor, layout: str) -> bool:
+        """False only where the probe shows that ``divisor`` differs from N, the positions of ``flat_x``."""
+        shape = self.shapes.get(flat_x.name, ())
+        positions = shape[1 if layout == contract.LAYOUT_TOKENS else 2] if len(shape) == 3 else None
+        reshape = _producer(flat_x, "Reshape")
+        if positions is None and layout == contract.LAYOUT_MAPS and reshape is not None:
+            maps_shape = self.shapes.get(reshape.inputs[0].name, ())  # (B, C, H, W) flattened to (B, C, N)
+            positions = math.prod(maps_shape[2:]) if len(maps_shape) == 4 and None not in maps_shape else None
+        value = self._value(divisor)
+        if positions is None or value is None or value.size != 1:
+            return True
+        return float(value.reshape(())) == positions
+
+    def _value(self, tensor: gs.Tensor, depth: int = 8) -> np.ndarray | None:
+        """``tensor`` computed from constants and probe shapes through the ops torch.onnx writes for sizes."""
+        value = _constant(tensor)
+        if value is not None or depth == 0 or len(tensor.inputs) != 1:
+            return value
+        node = tensor.inputs[0]
+        if node.op == "Shape":
+            shape = self.shapes.get(node.inputs[0].name)
+            if shape is None or None in shape:
+                return None
+            return np.array(shape[node.attrs.get("start", 0):node.attrs.get("end")], np.int64)
+        args = [self._value(t, depth - 1) for t in node.inputs]
+        if any(a is None for a in args):
+            return None
+        axes = tuple(int(a) for a in np.ravel(args[1])) if len(args) > 1 else None
+        evaluate = {
+            "Squeeze": lambda: np.squeeze(args[0], axis=axes),
+            "Unsqueeze": lambda: np.expand_dims(args[0], axes),
+            "Cast": lambda: args[0].astype(onnx.helper.tensor_dtype_to_np_dtype(node.attrs["to"])),
+            "Gather": lambda: np.take(args[0], args[1], axis=node.attrs.get("axis", 0)),
+            "Concat": lambda: np.concatenate(args, axis=node.attrs["axis"]),
+            "Mul": lambda: args[0] * args[1],
+            "Sub": lambda: args[0] - args[1],
+            "Add": lambda: args[0] + args[1],
+        }.get(node.op)
+        return None if evaluate is None else np.asarray(evaluate())
 
 
 # --- the pieces of a block -----------------------------------------------------------------
@@ -238,13 +304,13 @@ def _constant_times_matmul(tensor: gs.Tensor) -> tuple[np.ndarray, gs.Tensor, np
     return None if weight is None else (split[0], matmul.inputs[0], weight)
 
 
-def _pooled_mean(leaves: list[gs.Tensor], flat_x: gs.Tensor, layout: str):
+def _pooled_mean(leaves: list[gs.Tensor], flat_x: gs.Tensor, layout: str, probe: "_Probe"):
     """Wk, bk, Wv, bv from the summands of m = sum(Wk * (S Wv)) + bk (mu Wv) + bv (mu Wk) + bk bv."""
     quadratic = [t for t in leaves if _producer(t, "ReduceSum") is not None]
     if len(quadratic) != 1 or _reduces(quadratic[0], "ReduceSum", 3, {1}, keepdims=0) is None:
         return None
     found = _constant_times_matmul(_producer(quadratic[0], "ReduceSum").inputs[0])
-    if found is None or not _is_gram_of(found[1], flat_x, layout):
+    if found is None or not _is_gram_of(found[1], flat_x, layout, probe):
         return None
     wk, _, wv = found
     bk, bv = np.zeros(wk.shape[1]), np.zeros(wk.shape[1])
@@ -271,19 +337,22 @@ def _pooled_mean(leaves: list[gs.Tensor], flat_x: gs.Tensor, layout: str):
     return wk, bk, wv, bv
 
 
-def _is_gram_of(gram: gs.Tensor, flat_x: gs.Tensor, layout: str) -> bool:
-    """gram = X^T X / N (tokens) or X X^T / N (flattened maps), X possibly widened to float32."""
+def _is_gram_of(gram: gs.Tensor, flat_x: gs.Tensor, layout: str, probe: "_Probe") -> bool:
+    """gram = X^T X / N (tokens) or X X^T / N (flattened maps), X possibly widened to float32. A divisor
+    that the probe shows is not N (N - 1, say) makes it another layer, whose statistics PolyNL would change."""
     div = _producer(gram, "Div")
     matmul = _producer(div.inputs[0], "MatMul") if div is not None else None
     if matmul is None:
         return False
     left, right = matmul.inputs
     if layout == contract.LAYOUT_MAPS:
-        return _is_widened(left, flat_x) and _is_transpose_of(right, left)
-    return _is_transpose_of(left, right) and _is_widened(right, flat_x)
+        product = _is_widened(left, flat_x) and _is_transpose_of(right, left)
+    else:
+        product = _is_transpose_of(left, right) and _is_widened(right, flat_x)
+    return product and probe.may_be_positions(div.inputs[1], flat_x, layout)
 
 
-def _folded_projection(projected: gs.Tensor, x: gs.Tensor, layout: str) -> dict[str, np.ndarray] | None:
+def _folded_projection(projected: gs.Tensor, x: gs.Tensor, layout: str, probe: "_Probe") -> dict[str, np.ndarray] | None:
     """impl="folded": P = X M + shift with M = Wq diag(m) Wo and m from the Gram matrix of X."""
     if layout == contract.LAYOUT_MAPS:
         reshape = _producer(projected, "Reshape")
@@ -309,13 +378,14 @@ def _folded_projection(projected: gs.Tensor, x: gs.Tensor, layout: str) -> dict[
             flat_x, mixing = matmul.inputs
             if flat_x is not x:
                 continue
-        weights = _mixing_and_shift(mixing, unsqueeze.inputs[0], flat_x, layout) if mixing is not None else None
+        weights = (_mixing_and_shift(mixing, unsqueeze.inputs[0], flat_x, layout, probe) if mixing is not None
+                   else None)
         if weights is not None:
             return weights
     return None
 
 
-def _mixing_and_shift(mixing: gs.Tensor, shift: gs.Tensor, flat_x: gs.Tensor, layout: str):
+def _mixing_and_shift(mixing: gs.Tensor, shift: gs.Tensor, flat_x: gs.Tensor, layout: str, probe: "_Probe"):
     """Weights from M = (Wq * m[:, None, :]) @ Wo and shift = (bq * m) @ Wo + bo."""
     mixing, shift = _uncast(mixing), _uncast(shift)
     mixing_matmul = _producer(mixing, "MatMul")
@@ -340,7 +410,7 @@ def _mixing_and_shift(mixing: gs.Tensor, shift: gs.Tensor, flat_x: gs.Tensor, la
     split = _split_constant(scaled_bias) if scaled_bias is not None else None
     if split is None or split[1] is not m or not np.array_equal(_constant(shift_matmul.inputs[1]), wo):
         return None
-    pooled = _pooled_mean(_add_leaves(m), flat_x, layout)
+    pooled = _pooled_mean(_add_leaves(m), flat_x, layout, probe)
     if pooled is None:
         return None
     wk, bk, wv, bv = pooled
@@ -357,13 +427,13 @@ class _Block:
     weights: dict[str, np.ndarray]  # contract inputs with beta and the norm folded into Wo, bo
 
 
-def _match_block(add: gs.Node) -> _Block | None:
+def _match_block(add: gs.Node, probe: "_Probe") -> _Block | None:
     """Read ``add`` as Y = alpha * X + beta * norm(P(X)) for either layout and either exported form."""
     for residual, branch in itertools.permutations(add.inputs):
         for (alpha, x), (beta, normed), layout in itertools.product(_scaled(residual), _scaled(branch),
                                                                    contract.LAYOUTS):
             projected, scale, shift = _norm(normed, layout)
-            weights = (_naive_projection(projected, x, layout) or _folded_projection(projected, x, layout))
+            weights = (_naive_projection(projected, x, layout) or _folded_projection(projected, x, layout, probe))
             if weights is not None:
                 dtype = _numpy_dtype(x) or weights["Wq"].dtype
                 return _Block(x, layout, alpha, _fold_scales(weights, beta, scale, shift, dtype))
@@ -422,9 +492,9 @@ def fuse(graph: gs.Graph) -> gs.Graph:
 
     Graphs without a match come back unchanged. The PolyNL function body is added by ``fuse_model``.
     """
-    fused = 0
+    fused, probe = 0, _Probe(graph)
     for add in [n for n in graph.nodes if n.op == "Add"]:
-        block = _match_block(add) if add.outputs else None
+        block = _match_block(add, probe) if add.outputs else None
         if block is None:
             continue
         name = f"{contract.OP_TYPE}/{_module_name(add, block.x, fused)}"

@@ -154,6 +154,37 @@ def test_float16_exports_fuse(block_cls, shape, impl):
                                atol=1e-2 * scale, rtol=1e-2)
 
 
+@pytest.mark.parametrize("block_cls, shape", [(PolyNL2d, (2, 8, 4, 5)), (PolyNLTokens, (2, 7, 8))])
+def test_static_exports_fuse_and_other_normalizations_do_not(block_cls, shape, monkeypatch):
+    """The Gram matrix must be divided by N: a static export divides by the constant N and fuses; a
+    variant normalized by N - 1 (dynamic) or by 2 N (static) is another layer and is left alone."""
+    from polynl_deploy.nn import functional as F
+
+    model = randomize(torch.nn.Sequential(torch.nn.ReLU(), block_cls(8, impl="folded")), seed=18)
+    x = torch.randn(*shape)
+
+    def static_export(model, x):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+            return torch.onnx.export(model, (x,), dynamo=True, verbose=False, report=False).model_proto
+
+    for export in (static_export, plain_export):
+        fused, count = fuse_model(export(model, x))
+        assert count == 1
+    for divisor, export in ((lambda n: n - 1, plain_export), (lambda n: 2 * n, static_export)):
+        def renormalized(x, wk, bk, wv, bv, channels_first=False):
+            """F.gram_mean with the Gram matrix divided by divisor(N) instead of N."""
+            if channels_first:
+                gram, mu = x @ x.transpose(1, 2) / divisor(x.shape[2]), x.mean(dim=2)
+            else:
+                gram, mu = x.transpose(1, 2) @ x / divisor(x.shape[1]), x.mean(dim=1)
+            return (wk * (gram @ wv)).sum(dim=1) + bk * (mu @ wv) + bv * (mu @ wk) + bk * bv
+
+        monkeypatch.setattr(F, "gram_mean", renormalized)
+        assert fuse_model(export(model, x))[1] == 0
+
+
 def test_file_api(tmp_path):
     model = naive_maps_block()
     src, fused, decomposed = tmp_path / "plain.onnx", tmp_path / "fused.onnx", tmp_path / "std.onnx"
