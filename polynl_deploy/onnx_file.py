@@ -1,6 +1,8 @@
-"""Loading ONNX files with errors that say what is wrong with the file."""
+"""Loading ONNX files with errors that say what is wrong with the file, and walking their graphs."""
 
+import copy
 from pathlib import Path
+from typing import Mapping, Sequence
 
 import onnx
 from google.protobuf.message import DecodeError
@@ -49,6 +51,24 @@ def _load_external_data(model: onnx.ModelProto, path: Path) -> None:
 
 def metadata(model: onnx.ModelProto) -> dict[str, str]:
     return {p.key: p.value for p in model.metadata_props}
+
+
+def shapes_at(model: onnx.ModelProto, input_shapes: Mapping[str, Sequence[int]]) -> dict[str, tuple[int | None, ...]]:
+    """The shape of every value with the graph inputs named in ``input_shapes`` fixed to those sizes: ONNX
+    shape inference with data propagation on a copy whose recorded value shapes are dropped (they hold the
+    export's symbols); dims it cannot size are None."""
+    fixed = copy.deepcopy(model)
+    for value in fixed.graph.input:
+        for dim, size in zip(value.type.tensor_type.shape.dim, input_shapes.get(value.name, ())):
+            dim.Clear()
+            dim.dim_value = size
+    del fixed.graph.value_info[:]
+    for value in fixed.graph.output:
+        value.type.tensor_type.ClearField("shape")
+    register_schema()
+    inferred = onnx.shape_inference.infer_shapes(fixed, data_prop=True)
+    return {v.name: tuple(d.dim_value if d.HasField("dim_value") else None for d in v.type.tensor_type.shape.dim)
+            for v in [*inferred.graph.input, *inferred.graph.value_info, *inferred.graph.output]}
 
 
 def graphs_with_subgraphs(graph: onnx.GraphProto):

@@ -24,7 +24,7 @@ from polynl_deploy.errors import ExportError, SurgeryError
 from polynl_deploy.export.exporter import attach_function, to_standard_ops
 from polynl_deploy.export.schema import register_schema
 from polynl_deploy.io import atomic_path, check_outputs
-from polynl_deploy.onnx_file import load_onnx
+from polynl_deploy.onnx_file import load_onnx, shapes_at
 
 log = logging.getLogger(__name__)
 
@@ -129,20 +129,11 @@ class _Probe:
     """Batch first, then distinct primes, so that N and other sizes do not meet by chance."""
 
     def __init__(self, graph: gs.Graph) -> None:
-        model = gs.export_onnx(graph.copy())
+        model = gs.export_onnx(graph)
         sizes = iter(self.SIZES * 4)
-        for value in model.graph.input:
-            for dim in value.type.tensor_type.shape.dim:
-                if not dim.HasField("dim_value"):
-                    dim.Clear()
-                    dim.dim_value = next(sizes)
-        for value in [*model.graph.value_info, *model.graph.output]:  # the export's symbols, not the probe's
-            value.type.tensor_type.ClearField("shape")
-        register_schema()
-        inferred = onnx.shape_inference.infer_shapes(model, data_prop=True)
-        self.shapes = {v.name: tuple(d.dim_value if d.HasField("dim_value") else None
-                                     for d in v.type.tensor_type.shape.dim)
-                       for v in [*inferred.graph.input, *inferred.graph.value_info, *inferred.graph.output]}
+        probe = {value.name: [d.dim_value if d.HasField("dim_value") else next(sizes)
+                              for d in value.type.tensor_type.shape.dim] for value in model.graph.input}
+        self.shapes = shapes_at(model, probe)
 
     def may_be_positions(self, divisor: gs.Tensor, flat_x: gs.Tensor, layout: str) -> bool:
         """False only where the probe shows that ``divisor`` differs from N, the positions of ``flat_x``."""

@@ -8,7 +8,6 @@ for the node's form at the profile's opt shape (``specialize_bodies``): its buil
 body's run-time If on N (data-dependent shapes inside a conditional).
 """
 
-import copy
 import hashlib
 import json
 import logging
@@ -23,7 +22,7 @@ from polynl_deploy import contract, features
 from polynl_deploy.errors import BackendUnavailableError, EngineBuildError, ModelFileError
 from polynl_deploy.export.exporter import specialize_bodies
 from polynl_deploy.io import atomic_path, require_file, sha256_of, write_bytes_atomic
-from polynl_deploy.onnx_file import load_onnx
+from polynl_deploy.onnx_file import load_onnx, shapes_at
 from polynl_deploy.tensorrt.precision import convert_precision
 from polynl_deploy.tensorrt.profiles import Profile, profiles_for_onnx
 from polynl_deploy.tensorrt.settings import BuildSettings
@@ -68,23 +67,11 @@ def count_polynl_nodes(model: onnx.ModelProto) -> int:
 def positions_at(model: onnx.ModelProto, profiles: list[Profile]) -> dict[str, int]:
     """N of each PolyNL node (by name) with every input at its profile's opt shape, from ONNX shape
     inference; nodes whose X shape stays unknown are left out."""
-    from polynl_deploy.export.schema import register_schema
-
-    register_schema()
-    fixed = copy.deepcopy(model)
-    opt = {p.input: p.opt for p in profiles}
-    for value in fixed.graph.input:
-        if value.name in opt:
-            for dim, size in zip(value.type.tensor_type.shape.dim, opt[value.name]):
-                dim.Clear()
-                dim.dim_value = size
-    inferred = onnx.shape_inference.infer_shapes(fixed)
-    shapes = {v.name: [d.dim_value if d.HasField("dim_value") else None for d in v.type.tensor_type.shape.dim]
-              for v in [*inferred.graph.input, *inferred.graph.value_info]}
+    shapes = shapes_at(model, {p.input: p.opt for p in profiles})
     positions = {}
-    for node in inferred.graph.node:
+    for node in model.graph.node:
         if node.domain == contract.DOMAIN and node.op_type == contract.OP_TYPE:
-            dims = shapes.get(node.input[0], [])
+            dims = shapes.get(node.input[0], ())
             spatial = dims[2:] if len(dims) == 4 else dims[1:2]
             if spatial and all(spatial):
                 positions[node.name] = math.prod(spatial)
