@@ -159,6 +159,18 @@ def test_standard_ops_mode_has_no_custom_domain(tmp_path, dynamic):
     np.testing.assert_allclose(ort_run(path, x), eager(model, x), atol=1e-5, rtol=1e-4)
 
 
+@pytest.mark.parametrize("net, shape", [(fixture_models.two_block_net, None), (fixture_models.token_net, (2, 9, 10))])
+def test_onnx_runtime_loads_exports_without_warnings(tmp_path, capfd, net, shape):
+    """Users open our files with their own sessions, at the default log level (warnings shown)."""
+    model = net()
+    path = tmp_path / "model.onnx"
+    export_onnx(model, torch.randn(*(shape or model.default_input_shape)), path)
+    capfd.readouterr()
+    ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    logged = capfd.readouterr().err
+    assert "[W:" not in logged and "[E:" not in logged, logged
+
+
 @pytest.mark.parametrize("mode", ["custom-op", "standard-ops"])
 def test_tokens_model(tmp_path, mode):
     model = fixture_models.token_net()

@@ -114,7 +114,7 @@ def _folded_maps(b: _Block, w, x32, xr, alpha, eye, gram_sum) -> tuple[str, str]
     return b.op("MatMul", mixing_t, xr), b.op("CastLike", b.op("Unsqueeze", shift, b.const([2, 3])), xr)
 
 
-def _unfolded_maps(b: _Block, w, x32, xr, alpha, xr_dtype_alpha) -> tuple[str, str]:
+def _unfolded_maps(b: _Block, w, x32, xr, alpha) -> tuple[str, str]:
 
     def linear(weight: str, source: str) -> str:
         return b.op("MatMul", b.op("Transpose", weight, perm=[1, 0]), source)
@@ -127,7 +127,7 @@ def _unfolded_maps(b: _Block, w, x32, xr, alpha, xr_dtype_alpha) -> tuple[str, s
     wq, bq = b.op("CastLike", w["Wq"], xr), b.op("CastLike", w["bq"], xr)
     wo, bo = b.op("CastLike", w["Wo"], xr), b.op("CastLike", w["bo"], xr)
     z = b.op("Mul", project(wq, bq, xr), b.op("CastLike", m, xr))
-    main = b.op("Add", b.op("Mul", xr_dtype_alpha, xr), linear(wo, z))
+    main = b.op("Add", b.op("Mul", b.op("CastLike", alpha, xr), xr), linear(wo, z))
     return main, b.op("Unsqueeze", bo, b.const([0, 2, 3]))
 
 
@@ -141,13 +141,13 @@ def _folded_tokens(b: _Block, w, x32, x, alpha, eye) -> tuple[str, str]:
             b.op("CastLike", b.op("Unsqueeze", shift, b.const(1)), x))
 
 
-def _unfolded_tokens(b: _Block, w, x32, x, alpha, x_dtype_alpha) -> tuple[str, str]:
+def _unfolded_tokens(b: _Block, w, x32, x, alpha) -> tuple[str, str]:
     keys = b.op("Add", b.op("MatMul", x32, w["Wk"]), w["bk"])
     values = b.op("Add", b.op("MatMul", x32, w["Wv"]), w["bv"])
     m = b.op("ReduceMean", b.op("Mul", keys, values), b.const(1), keepdims=1)
     query = b.op("Add", b.op("MatMul", x, b.op("CastLike", w["Wq"], x)), b.op("CastLike", w["bq"], x))
     z = b.op("Mul", query, b.op("CastLike", m, x))
-    main = b.op("Add", b.op("Mul", x_dtype_alpha, x), b.op("MatMul", z, b.op("CastLike", w["Wo"], x)))
+    main = b.op("Add", b.op("Mul", b.op("CastLike", alpha, x), x), b.op("MatMul", z, b.op("CastLike", w["Wo"], x)))
     return main, b.op("Unsqueeze", b.op("CastLike", w["bo"], x), b.const([0, 1]))
 
 
@@ -185,9 +185,11 @@ def _body(top: _Block, layout: str | None, unfolded: bool | None, gram_blocks: i
     x, y = contract.INPUT_NAMES[0], contract.OUTPUT_NAMES[0]
     alpha = _attribute_constant(top, "alpha")
     channels = top.op("Shape", "Wq", start=0, end=1)
+    # Read here, not in a branch: ONNX Runtime will not drop a no-op Cast (float32 weights) whose output
+    # a branch reads beside its input, and logs a warning for each.
+    inner = top.op("Shape", "Wq", start=1, end=2) if unfolded is None else None
     eye = top.op("EyeLike", top.op("ConstantOfShape", top.op("Concat", channels, channels, axis=0),
                                    value=helper.make_tensor("zero", FLOAT, [1], [0.0])))
-    x_alpha = top.op("CastLike", alpha, x)
     # Both layouts reshape X with C taken from the weights, so each branch is shape-consistent for any
     # input: runtimes check the shapes of an If's untaken branch too (static H, W or N included).
     batch = top.op("Shape", x, start=0, end=1)
@@ -206,7 +208,6 @@ def _body(top: _Block, layout: str | None, unfolded: bool | None, gram_blocks: i
         prefix = block_layout[0]
         then_b = b.branch(prefix + "u_", lambda c: list(unfolded_form(c)))
         else_b = b.branch(prefix + "f_", lambda c: list(folded_form(c)))
-        inner = b.op("Shape", "Wq", start=1, end=2)
         main, shift = b.multi_op("If", 2, unfolded_condition(b, block_layout, x, channels, inner),
                                  then_branch=then_b.graph("unfolded"), else_branch=else_b.graph("folded"))
         return b.op("Reshape", main, b.op("Shape", x)), shift
@@ -236,7 +237,7 @@ def _body(top: _Block, layout: str | None, unfolded: bool | None, gram_blocks: i
     def maps(b: _Block) -> tuple[str, str]:
         def unfolded_form(c: _Block) -> tuple[str, str]:
             xr, xr32 = flat(c, [batch, channels, c.const(-1)])
-            return _unfolded_maps(c, w, xr32, xr, alpha, x_alpha)
+            return _unfolded_maps(c, w, xr32, xr, alpha)
 
         def folded_form(c: _Block) -> tuple[str, str]:
             xr, xr32 = flat(c, [batch, channels, c.const(-1)])
@@ -247,7 +248,7 @@ def _body(top: _Block, layout: str | None, unfolded: bool | None, gram_blocks: i
     def tokens(b: _Block) -> tuple[str, str]:
         def unfolded_form(c: _Block) -> tuple[str, str]:
             xt, x32 = flat(c, [batch, c.const(-1), channels])
-            return _unfolded_tokens(c, w, x32, xt, alpha, x_alpha)
+            return _unfolded_tokens(c, w, x32, xt, alpha)
 
         def folded_form(c: _Block) -> tuple[str, str]:
             xt, x32 = flat(c, [batch, c.const(-1), channels])
