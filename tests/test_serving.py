@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 import torch
 
@@ -55,7 +56,15 @@ def models(tmp_path_factory):
     export_onnx(fp32, torch.randn(2, 3, 10, 14), folder / "twoblock.onnx")
     fp16 = fixture_models.token_net().half()
     export_onnx(fp16, torch.randn(2, 9, 10).half(), folder / "tokens16.onnx")
-    return {"twoblock": (folder / "twoblock.onnx", fp32), "tokens16": (folder / "tokens16.onnx", fp16)}
+    scaled = onnx.helper.make_model(onnx.helper.make_graph(
+        [onnx.helper.make_node("Mul", ["x", "s"], ["y"])], "scaled",
+        [onnx.helper.make_tensor_value_info("s", onnx.TensorProto.FLOAT, []),
+         onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["batch", 4])],
+        [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["batch", 4])]),
+        opset_imports=[onnx.helper.make_opsetid("", 20)])
+    onnx.save(scaled, folder / "scaled.onnx")
+    return {"twoblock": (folder / "twoblock.onnx", fp32), "tokens16": (folder / "tokens16.onnx", fp16),
+            "scaled": (folder / "scaled.onnx", None)}
 
 
 def _free_port() -> int:
@@ -226,12 +235,27 @@ def _json_request(shape, datatype="FP32", data=None, **extra) -> bytes:
     (_json_request((1, 3, 2, 2), datatype="BF17"), "unsupported datatype"),
     (_json_request((0, 3, 2, 2)), "expects shape"),
     (_json_request((1, 3, 2, 2), outputs=[{"name": "nope"}]), "has no output(s) ['nope']"),
+    (_json_request((1, 3, 2, 2), outputs=[{"name": "output_0", "parameters": {"classification": 1}}]),
+     "parameter 'classification' belongs to a protocol extension"),
+    (json.dumps({"inputs": [{"name": "x", "shape": [1, 3, 2, 2], "datatype": "FP32",
+                             "parameters": {"shared_memory_region": "r", "shared_memory_byte_size": 48}}]}).encode(),
+     "parameter 'shared_memory_byte_size' belongs to a protocol extension"),
 ])
 def test_bad_requests_get_400_and_server_keeps_serving(server, client, body, fragment):
     response = _post(server, body)
     assert response.status_code == 400, response.text
     assert fragment in response.json()["error"]
     _assert_alive(client)
+
+
+def test_scalar_input_in_any_order(server):
+    """A model with a scalar input is not batched; where the scalar comes first in the request changes nothing."""
+    x = {"name": "x", "shape": [2, 4], "datatype": "FP32", "data": list(range(8))}
+    scale = {"name": "s", "shape": [], "datatype": "FP32", "data": [2.0]}
+    for inputs in ([scale, x], [x, scale]):
+        response = _post(server, json.dumps({"inputs": inputs}).encode(), model="scaled")
+        assert response.status_code == 200, response.text
+        assert response.json()["outputs"][0]["data"] == [2.0 * i for i in range(8)]
 
 
 def test_wrong_dtype_through_triton_client(client):
@@ -267,6 +291,7 @@ def test_truncated_and_inconsistent_binary_data_are_400(server, client):
         (header + x.tobytes() + b"xx", str(len(header)), "bytes of binary data follow"),
         (header + x.tobytes(), str(len(header) + 10 ** 6), "Inference-Header-Content-Length"),
         (header + x.tobytes(), "abc", "Inference-Header-Content-Length"),
+        (header + x.tobytes(), b"\xb2", "Inference-Header-Content-Length"),  # "²": str.isdigit() says yes
     ]
     for body, length, fragment in cases:
         response = _post(server, body, headers={"Inference-Header-Content-Length": length})
@@ -374,7 +399,7 @@ def test_queue_full_is_503_and_shutdown_drains_in_flight_requests(models):
         while 'polynl_admitted_requests{model="twoblock"} 3.0' not in httpx.get(f"{slow.base}/metrics").text:
             assert time.monotonic() < deadline, "the three requests were never admitted"
             time.sleep(0.02)
-        refused = _post(slow, body)
+        refused = _post(slow, b'{"inputs": [')  # refused before its body is read, so not a 400
         assert refused.status_code == 503 and "max_queue=3" in refused.json()["error"]
         assert refused.headers["retry-after"] == "1"
         slow.process.send_signal(signal.SIGTERM)

@@ -18,15 +18,14 @@ from polynl_deploy import __version__
 from polynl_deploy.errors import InputError
 from polynl_deploy.serving.metrics import UNKNOWN_MODEL, ServingMetrics
 from polynl_deploy.serving.models import MODEL_VERSION, ServedModel, load_models
-from polynl_deploy.serving.protocol import (HEADER_LENGTH, ErrorResponse, InferenceRequest, ProtocolError,
-                                            decode_request, decompress, encode_response)
+from polynl_deploy.serving.protocol import (EXTENSIONS, HEADER_LENGTH, ErrorResponse, InferenceRequest,
+                                            ProtocolError, decode_request, decompress, encode_response, is_count)
 from polynl_deploy.serving.scheduler import ModelScheduler, QueueFullError, ShuttingDownError
 from polynl_deploy.serving.settings import ServeSettings
 
 logger = logging.getLogger("polynl_deploy.serving")
 
 SERVER_NAME = "polynl-deploy"
-EXTENSIONS = ["binary_tensor_data"]
 
 _ERRORS = {status: {"model": ErrorResponse, "description": text} for status, text in (
     (400, "malformed request, or inputs that do not fit the model"), (404, "unknown model or version"),
@@ -176,10 +175,11 @@ async def _infer(state: ServerState, name: str, version: str | None, request: Re
         model = state.model(name, version)
         if state.draining:
             raise ProtocolError("the server is shutting down", 503)
-        body = await _read_body(request, settings.max_body_bytes)
-        decoded = await run_in_threadpool(_decode_for, model, body, request.headers, settings.max_body_bytes)
         scheduler = state.schedulers[model.name]
-        outputs = await scheduler.submit(decoded.inputs, settings.request_timeout_s)
+        with scheduler.admission():  # before the body is read: a full queue costs no memory
+            body = await _read_body(request, settings.max_body_bytes)
+            decoded = await run_in_threadpool(_decode_for, model, body, request.headers, settings.max_body_bytes)
+            outputs = await scheduler.run(decoded.inputs, settings.request_timeout_s)
         selected = {n: outputs[n] for n in decoded.outputs} if decoded.outputs is not None else outputs
         content, headers = await run_in_threadpool(encode_response, model.name, MODEL_VERSION, decoded.id,
                                                    selected, decoded.binary_outputs)
@@ -192,7 +192,7 @@ async def _infer(state: ServerState, name: str, version: str | None, request: Re
         return _error(503, str(exc), {"Retry-After": "1"})
     except ShuttingDownError as exc:
         return _error(503, str(exc))
-    except TimeoutError:
+    except asyncio.TimeoutError:  # not the builtin TimeoutError before Python 3.11
         return _error(504, f"inference did not finish within {settings.request_timeout_s} s")
     except Exception as exc:
         logger.exception("model %s: inference failed", name)
@@ -209,7 +209,7 @@ def _decode_for(model: ServedModel, body: bytes, headers, limit: int):
 async def _read_body(request: Request, limit: int) -> bytes:
     """The request body, refusing (413) as soon as it is known to exceed ``limit`` bytes."""
     declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
+    if is_count(declared) and int(declared) > limit:
         raise ProtocolError(f"request body of {declared} bytes exceeds the limit of {limit} bytes", 413)
     chunks, size = [], 0
     try:

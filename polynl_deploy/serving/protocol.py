@@ -29,6 +29,13 @@ class ProtocolError(Exception):
         self.status = status
 
 
+EXTENSIONS = ["binary_tensor_data"]
+"""The KServe v2 / Triton protocol extensions this server implements (server metadata lists them)."""
+UNSUPPORTED_PARAMETERS = {"classification", "shared_memory_region", "shared_memory_byte_size",
+                          "shared_memory_offset"}
+"""Tensor parameters of the classification and shared-memory extensions."""
+
+
 def v2_datatype(numpy_dtype: str) -> str:
     """The v2 name of a numpy dtype name; unknown types keep their own name (no request can match)."""
     return NUMPY_TO_V2.get(numpy_dtype, numpy_dtype)
@@ -113,6 +120,10 @@ def decode_request(body: bytes, header_length: str | None) -> DecodedRequest:
     names = [tensor.name for tensor in request.inputs]
     if len(set(names)) != len(names):
         raise ProtocolError(f"input names repeat: {names}")
+    for tensor in request.inputs:
+        _refuse_extension_parameters(f"input {tensor.name!r}", tensor.parameters)
+    for output in request.outputs or []:
+        _refuse_extension_parameters(f"output {output.name!r}", output.parameters)
     inputs, offset = {}, 0
     for tensor in request.inputs:
         inputs[tensor.name], offset = _decode_tensor(tensor, binary, offset)
@@ -124,11 +135,25 @@ def decode_request(body: bytes, header_length: str | None) -> DecodedRequest:
 def _split_body(body: bytes, header_length: str | None) -> tuple[bytes, memoryview]:
     if header_length is None:
         return body, memoryview(b"")
-    if not header_length.strip().isdigit() or int(header_length) > len(body):
+    if not is_count(header_length.strip()) or int(header_length) > len(body):
         raise ProtocolError(f"{HEADER_LENGTH} must be an integer between 0 and the body size "
                             f"({len(body)} bytes), got {header_length!r}")
     split = int(header_length)
     return body[:split], memoryview(body)[split:]
+
+
+def is_count(text: str) -> bool:
+    """A byte count as HTTP headers write it: ASCII digits only (``str.isdigit`` also takes "²")."""
+    return text.isascii() and text.isdigit()
+
+
+def _refuse_extension_parameters(where: str, parameters: BaseModel | None) -> None:
+    """Parameters of protocol extensions this server does not offer are refused, not ignored: a
+    classification request would otherwise get raw scores back."""
+    used = sorted(set(parameters.model_extra or {}) & UNSUPPORTED_PARAMETERS) if parameters else []
+    if used:
+        raise ProtocolError(f"{where}: parameter {used[0]!r} belongs to a protocol extension this server "
+                            f"does not offer (it offers: {', '.join(EXTENSIONS)})")
 
 
 def _describe(exc: ValidationError) -> str:

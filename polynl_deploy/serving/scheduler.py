@@ -2,6 +2,7 @@
 pool (never on the event loop), and optional dynamic batching along axis 0."""
 
 import asyncio
+import contextlib
 import logging
 from concurrent.futures import Executor
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ class _Job:
 
     @property
     def rows(self) -> int:
+        """Axis-0 size (batching only: every input then has a dynamic first axis)."""
         return next(iter(self.feed.values())).shape[0]
 
     @property
@@ -62,25 +64,31 @@ class ModelScheduler:
         self._consumers = [asyncio.create_task(self._consume(), name=f"polynl-{self.model.name}-{i}")
                            for i in range(self._concurrency)]
 
-    async def submit(self, feed: dict[str, np.ndarray], timeout_s: float) -> dict[str, np.ndarray]:
-        """Outputs for ``feed``; QueueFullError when full, TimeoutError after ``timeout_s``."""
+    @contextlib.contextmanager
+    def admission(self):
+        """One of ``max_queue`` places, held from before the request body is read until the answer;
+        QueueFullError when none is free."""
         if self._admitted >= self.max_queue:
             raise QueueFullError(f"model {self.model.name!r} has {self._admitted} requests queued "
                                  f"(max_queue={self.max_queue}); retry later")
-        job = _Job(feed, asyncio.get_running_loop().create_future())
         self._set_admitted(self._admitted + 1)
         try:
-            self._jobs.put_nowait(job)
-            self._arrived.set()
-            return await asyncio.wait_for(job.future, timeout_s)
+            yield
         finally:
             self._set_admitted(self._admitted - 1)
+
+    async def run(self, feed: dict[str, np.ndarray], timeout_s: float) -> dict[str, np.ndarray]:
+        """Outputs for ``feed`` (inside ``admission``); asyncio.TimeoutError after ``timeout_s``."""
+        job = _Job(feed, asyncio.get_running_loop().create_future())
+        self._jobs.put_nowait(job)
+        self._arrived.set()
+        return await asyncio.wait_for(job.future, timeout_s)
 
     async def stop(self, drain_timeout_s: float) -> None:
         """Wait up to ``drain_timeout_s`` for admitted requests, then stop and fail what is left."""
         try:
             await asyncio.wait_for(self._idle.wait(), drain_timeout_s)
-        except TimeoutError:
+        except asyncio.TimeoutError:
             logger.warning("model %s: %d requests still running after %.0f s; stopping anyway",
                            self.model.name, self._admitted, drain_timeout_s)
         for task in self._consumers:
@@ -104,7 +112,8 @@ class ModelScheduler:
             try:
                 if self.batching:
                     await self._gather_more(jobs)
-                for chunk in self._chunks([job for job in jobs if not job.future.done()]):
+                waiting = [job for job in jobs if not job.future.done()]
+                for chunk in self._chunks(waiting) if self.batching else [[job] for job in waiting]:
                     results = await loop.run_in_executor(self._executor, self._execute, chunk)
                     for job, result in zip(chunk, results):
                         self._finish([job], result)
@@ -128,7 +137,7 @@ class ModelScheduler:
                     return
                 try:
                     await asyncio.wait_for(self._arrived.wait(), remaining)
-                except TimeoutError:
+                except asyncio.TimeoutError:
                     return
                 continue
             job = self._jobs.get_nowait()
