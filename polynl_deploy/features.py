@@ -10,6 +10,9 @@ from pathlib import Path
 
 PLUGIN_LIBRARY_ENV = "POLYNL_PLUGIN_LIBRARY"
 PLUGIN_LIBRARY_NAME = "libpolynl_trt_plugin.so"
+PRELOAD_LIBRARY_NAME = "libpolynl_trt_plugin_preload.so"
+"""For hosts that only dlopen plugin libraries (Triton's TensorRT backend, LD_PRELOAD): registers the
+creator of PLUGIN_LIBRARY_NAME, from the same folder, when it is loaded."""
 
 
 def _version(distribution: str) -> str | None:

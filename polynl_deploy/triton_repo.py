@@ -11,6 +11,7 @@ Layout (built in a temporary folder beside ``<repo>`` and renamed into place: al
 """
 
 import json
+import posixpath
 import re
 import shutil
 from dataclasses import dataclass
@@ -19,15 +20,18 @@ from pathlib import Path
 import onnx
 
 from polynl_deploy.errors import ModelFileError, PolyNLError, SettingsError
-from polynl_deploy.features import PLUGIN_LIBRARY_NAME
+from polynl_deploy.features import PLUGIN_LIBRARY_NAME, PRELOAD_LIBRARY_NAME
 from polynl_deploy.io import check_outputs, require_file, sha256_of, staged_directory
 from polynl_deploy.onnx_file import load_onnx
 
-PLUGIN_PATH_IN_IMAGE = f"/opt/polynl/lib/{PLUGIN_LIBRARY_NAME}"
-"""Where the Docker image of this project (and the README's commands) put the TensorRT plugin library."""
+PLUGIN_PATH_IN_IMAGE = f"/opt/polynl/lib/{PRELOAD_LIBRARY_NAME}"
+"""What Triton's ``plugins=`` option loads, where this project's Docker image puts it: the preload library,
+which registers the plugin of PLUGIN_LIBRARY_NAME beside it (the option itself only dlopens a library)."""
 DEFAULT_MAX_BATCH_SIZE = 8
 
 _NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
+_FLOAT_IO_TYPES = {"fp16": "TYPE_FP16", "bf16": "TYPE_BF16"}
+"""A plan's float32 inputs and outputs in these precisions, unless it was built with keep_io_fp32."""
 _TRITON_TYPES = {
     onnx.TensorProto.FLOAT: "TYPE_FP32", onnx.TensorProto.FLOAT16: "TYPE_FP16",
     onnx.TensorProto.BFLOAT16: "TYPE_BF16", onnx.TensorProto.DOUBLE: "TYPE_FP64",
@@ -86,20 +90,21 @@ def make_triton_repo(repo, onnx_path, *, name: str | None = None, plan_path=None
     inputs, outputs = _tensors(model, onnx_batch, onnx_path)
 
     targets = [(name, "onnxruntime_onnx", onnx_path, "model.onnx", "KIND_GPU" if onnx_on_gpu else "KIND_CPU",
-                onnx_batch)]
+                onnx_batch, None)]
     if plan_path is not None:
         plan_path = Path(plan_path)
         sidecar = _checked_plan_sidecar(plan_path, onnx_path)
         targets.append((f"{name}_trt", "tensorrt_plan", plan_path, "model.plan", "KIND_GPU",
-                        _plan_max_batch_size(plan_path, sidecar, max_batch_size)))
+                        _plan_max_batch_size(plan_path, sidecar, max_batch_size), _plan_io_type(sidecar)))
     for model_name, *_ in targets:
         if (repo / model_name).exists() and not overwrite:
             raise PolyNLError(f"triton-repo: {repo / model_name} exists; pass overwrite=True (--force) to replace it")
 
     written = []
     with staged_directory(repo) as staging:
-        for model_name, platform, source, filename, kind, batch in targets:
-            config = config_pbtxt(model_name, platform, inputs, outputs, batch, max_queue_delay_us, instances, kind)
+        for model_name, platform, source, filename, kind, batch, float_type in targets:
+            config = config_pbtxt(model_name, platform, _retyped(inputs, float_type), _retyped(outputs, float_type),
+                                  batch, max_queue_delay_us, instances, kind)
             _write_model_dir(staging / model_name, config, source, filename)
             written.append(TritonModel(model_name, platform, repo / model_name, batch))
         (staging / "README.md").write_text(_readme(_repository_models(repo, staging), plugin_library))
@@ -126,14 +131,29 @@ def _tensors(model: onnx.ModelProto, max_batch_size: int, path: Path) -> tuple[l
     return inputs, [convert(v) for v in model.graph.output]
 
 
+def _plan_io_type(sidecar: dict) -> str | None:
+    """The Triton type of the plan's float inputs and outputs where it is not the ONNX file's float32."""
+    return None if sidecar.get("keep_io_fp32") else _FLOAT_IO_TYPES.get(sidecar.get("precision", "fp32"))
+
+
+def _retyped(tensors: list[TritonTensor], float_type: str | None) -> list[TritonTensor]:
+    if float_type is None:
+        return tensors
+    return [TritonTensor(t.name, float_type if t.data_type == "TYPE_FP32" else t.data_type, t.dims) for t in tensors]
+
+
 def config_pbtxt(name: str, platform: str, inputs: list[TritonTensor], outputs: list[TritonTensor],
                  max_batch_size: int, max_queue_delay_us: int, instances: int, kind: str) -> str:
     """A Triton ``config.pbtxt`` (protobuf text format of inference.ModelConfig)."""
     def tensors(field: str, items: list[TritonTensor]) -> list[str]:
         lines = [f"{field} ["]
         for i, tensor in enumerate(items):
-            lines += ["  {", f"    name: {json.dumps(tensor.name)}", f"    data_type: {tensor.data_type}",
-                      f"    dims: [ {', '.join(map(str, tensor.dims))} ]", "  }" + ("," if i < len(items) - 1 else "")]
+            lines += ["  {", f"    name: {json.dumps(tensor.name)}", f"    data_type: {tensor.data_type}"]
+            if tensor.dims:
+                lines.append(f"    dims: [ {', '.join(map(str, tensor.dims))} ]")
+            else:  # Triton needs dims; a scalar (per batch item) is exposed as [ 1 ] and reshaped
+                lines += ["    dims: [ 1 ]", "    reshape: { shape: [ ] }"]
+            lines.append("  }" + ("," if i < len(items) - 1 else ""))
         return lines + ["]"]
 
     lines = [f"name: {json.dumps(name)}", f"platform: {json.dumps(platform)}", f"max_batch_size: {max_batch_size}"]
@@ -176,7 +196,12 @@ def _readme(models: list[tuple[TritonModel, dict]], plugin_library: str) -> str:
     """The repository's README for ``models``, each with its plan's sidecar ({} for other models)."""
     onnx_models = [m.name for m, _ in models if m.platform == "onnxruntime_onnx"]
     plans = [(m, sidecar) for m, sidecar in models if m.platform == "tensorrt_plan"]
-    with_plugin = [m.name for m, sidecar in plans if sidecar.get("polynl_nodes") != 0]  # unknown: assume it
+    # An unrecorded node count is taken to mean the plan has PolyNL layers.
+    with_plugin = [m.name for m, sidecar in plans
+                   if sidecar.get("polynl_nodes") != 0 and not sidecar.get("plugin_library_serialized")]
+    version_compatible = [m.name for m, sidecar in plans if sidecar.get("version_compatible")]
+    options = ([f"--backend-config=tensorrt,plugins={plugin_library}"] if with_plugin else []) + \
+              (["--backend-config=tensorrt,version-compatible=true"] if version_compatible else [])
     lines = ["# Triton model repository (written by polynl-deploy)", "",
              "| model | platform | max_batch_size |", "|---|---|---|",
              *[f"| `{m.name}` | `{m.platform}` | {m.max_batch_size} |" for m, _ in models], ""]
@@ -198,23 +223,23 @@ def _readme(models: list[tuple[TritonModel, dict]], plugin_library: str) -> str:
               "docker run --rm --gpus all -p 8000:8000 -p 8001:8001 -p 8002:8002 \\",
               "  -v \"$PWD\":/models \\"]
     if with_plugin:
-        lines += [f"  -v /path/to/{PLUGIN_LIBRARY_NAME}:{plugin_library}:ro \\",
-                  "  nvcr.io/nvidia/tritonserver:<yy.mm>-py3 \\",
-                  f"  tritonserver --model-repository=/models --backend-config=tensorrt,plugins={plugin_library}",
-                  "```", "",
-                  f"`{'`, `'.join(with_plugin)}` need(s) the PolyNL TensorRT plugin library: the",
-                  f"`--backend-config=tensorrt,plugins={plugin_library}` option makes the TensorRT backend load it",
-                  "before it deserializes the engine (several libraries: separate them with `;`). Build the library",
-                  "against the container's TensorRT (`cmake -S plugins -B build/plugins && cmake --build build/plugins`",
-                  "inside `nvcr.io/nvidia/tensorrt:<yy.mm>-py3`, or use this project's Docker image, which ships it",
-                  f"at `{PLUGIN_PATH_IN_IMAGE}`).", ""]
-    else:
-        lines += ["  nvcr.io/nvidia/tritonserver:<yy.mm>-py3 \\",
-                  "  tritonserver --model-repository=/models", "```", ""]
+        lines.append(f"  -v /path/to/build/plugins:{posixpath.dirname(plugin_library)}:ro \\")
+    lines += ["  nvcr.io/nvidia/tritonserver:<yy.mm>-py3 \\",
+              "  " + " ".join(["tritonserver --model-repository=/models", *options]), "```", ""]
+    if with_plugin:
+        lines += [f"`{'`, `'.join(with_plugin)}` need(s) the PolyNL TensorRT plugin. Triton's `plugins=` option only",
+                  f"loads a library, so it gets `{PRELOAD_LIBRARY_NAME}`, which registers the plugin of",
+                  f"`{PLUGIN_LIBRARY_NAME}` from its own folder when it is loaded: mount the folder that holds both",
+                  "(`build/plugins` after `cmake -S plugins -B build/plugins && cmake --build build/plugins` inside",
+                  "`nvcr.io/nvidia/tensorrt:<yy.mm>-py3`, built against the container's TensorRT; this project's",
+                  f"Docker image has them in `{posixpath.dirname(PLUGIN_PATH_IN_IMAGE)}`).", ""]
+    if version_compatible:
+        lines += [f"`{'`, `'.join(version_compatible)}` are version-compatible plans: `version-compatible=true` lets",
+                  "Triton run the lean runtime (and plugin library) they carry. Load only plans you trust.", ""]
     if plans:
-        lines += ["Engines are specific to the GPU model and TensorRT version. The inputs and outputs in a plan's",
-                  "`config.pbtxt` are those of the ONNX file; edit `data_type` if the engine was built with other",
-                  "I/O types.", ""]
+        lines += ["Engines are specific to the GPU model and TensorRT version. A plan's input and output types in",
+                  "`config.pbtxt` follow its sidecar: float16 or bfloat16 for `--precision fp16|bf16` builds",
+                  "without `--keep-io-fp32`.", ""]
     lines += ["## Check", "", "```sh", "curl -sf localhost:8000/v2/health/ready && echo ready",
               *[f"curl -s localhost:8000/v2/models/{m.name}" for m, _ in models], "```", ""]
     return "\n".join(lines)

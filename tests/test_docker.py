@@ -6,6 +6,7 @@ import re
 import shlex
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -89,3 +90,19 @@ def test_stages_entrypoint_and_default_command():
         assert steps["ENTRYPOINT"] == '["polynl"]'
         assert steps["CMD"].startswith('["serve", "--host", "0.0.0.0"')
     assert any("libpolynl_trt_plugin.so" in rest for _k, rest in stages["plugins"])
+
+
+def test_images_install_the_wheel_the_wheel_stage_builds(tmp_path):
+    """Both images install polynl-deploy from the wheel file the first stage writes (by its exact name, so
+    pip never looks the name up on PyPI), and that name is the one `pip wheel` gives this project."""
+    args = dict(re.findall(r"^ARG (\w+)=(\S+)$", DOCKERFILE.read_text(), re.MULTILINE))
+    stages = _stages()
+    references = [re.search(r'"polynl-deploy\[serve\] @ file:///wheels/(\S+?)"', rest)
+                  for name in ("cpu", "runtime") for _k, rest in stages[name] if "polynl-deploy" in rest]
+    assert len(references) == 2 and all(references), references
+    assert all("--find-links" not in rest for name in ("cpu", "runtime") for _k, rest in stages[name])
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "--wheel-dir", str(tmp_path), str(ROOT)],
+                   check=True, capture_output=True)
+    built = [p.name for p in tmp_path.glob("*.whl")]
+    for match in references:
+        assert [match.group(1).replace("${POLYNL_VERSION}", args["POLYNL_VERSION"])] == built

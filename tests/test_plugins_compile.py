@@ -4,11 +4,13 @@ and the CMake project configures and builds its CPU parts and kernels."""
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 import emulated_kernels
+from polynl_deploy import contract
 
 ROOT = Path(__file__).resolve().parents[1]
 PLUGINS = ROOT / "plugins"
@@ -107,3 +109,62 @@ def test_plugin_host_test_against_tensorrt_headers(cmake_build):
     print(*summaries, sep="\n")
     assert len(summaries) == 2 and any("emulated kernels" in s for s in summaries), result.stdout
     assert all(s.endswith(" 0 failed") for s in summaries), summaries
+    # The preload library compiles against the same headers and leaves loading libnvinfer to run time.
+    preload = cmake_build / "libpolynl_trt_plugin_preload.so"
+    needed = subprocess.run(["readelf", "-d", str(preload)], capture_output=True, text=True, check=True).stdout
+    assert "libnvinfer" not in needed, needed
+
+
+@pytest.fixture(scope="module")
+def preload_libraries(tmp_path_factory):
+    """Against the compile-check shim with the CPU-emulated kernels: plugin/libpolynl_trt_plugin.so,
+    plugin/libpolynl_trt_plugin_preload.so beside it, and trt/libnvinfer.so.10, a stand-in runtime whose
+    registry records registrations (tensorrt/tests/fake_nvinfer.cpp)."""
+    root = tmp_path_factory.mktemp("preload")
+    headers = emulated_kernels.toolkit_include_dir() or emulated_kernels.NO_TOOLKIT
+    emulated_kernels.build(root, {"kernels": headers}, sanitize=False)
+    shim, tensorrt = PLUGINS / "tensorrt" / "compile_check_shim", PLUGINS / "tensorrt"
+    (root / "plugin").mkdir()
+    (root / "trt").mkdir()
+    common = [emulated_kernels.CXX, "-std=c++17", "-Wall", "-Wextra", "-Werror", "-shared", "-fPIC",
+              "-fvisibility=hidden", f"-I{shim}", f"-I{PLUGINS / 'include'}", f"-I{PLUGINS / 'core'}", f"-I{headers}"]
+    subprocess.run([*common, str(tensorrt / "polynl_plugin.cpp"), str(PLUGINS / "core" / "polynl_core.cpp"),
+                    f"-Wl,--version-script={tensorrt / 'polynl_plugin.map'}", f"-L{root / 'kernels'}",
+                    "-lpolynl_kernels_emulated", f"-Wl,-rpath,{root / 'kernels'}", "-pthread",
+                    "-o", str(root / "plugin" / "libpolynl_trt_plugin.so")], check=True)
+    subprocess.run([*common, '-DPOLYNL_NVINFER_SONAME="libnvinfer.so.10"', str(tensorrt / "register_at_load.cpp"),
+                    "-ldl", "-o", str(root / "plugin" / "libpolynl_trt_plugin_preload.so")], check=True)
+    subprocess.run([*common, str(tensorrt / "tests" / "fake_nvinfer.cpp"), "-Wl,-soname,libnvinfer.so.10",
+                    "-o", str(root / "trt" / "libnvinfer.so.10")], check=True)
+    return root
+
+
+def _registrations(code: str, **env) -> subprocess.CompletedProcess:
+    """Runs ``code`` (which prints the stand-in registry's records) in a fresh Python."""
+    return subprocess.run([sys.executable, "-c", "import ctypes\n" + code], capture_output=True, text=True,
+                          timeout=120, env={**os.environ, **env})
+
+
+@pytest.mark.skipif(emulated_kernels.CXX is None, reason="no host C++ compiler")
+def test_preload_library_registers_the_creator_when_loaded(preload_libraries):
+    """Triton's `--backend-config=tensorrt,plugins=` dlopens the library after TensorRT is loaded; LD_PRELOAD
+    loads it before: either way the creator is registered once, with the contract's name, version and
+    namespace. Without libpolynl_trt_plugin.so beside it, it says so and the process carries on."""
+    plugin, trt = preload_libraries / "plugin", preload_libraries / "trt"
+    expected = f"{contract.OP_TYPE}/{contract.PLUGIN_VERSION}/{contract.PLUGIN_NAMESPACE}/{contract.PLUGIN_NAMESPACE};"
+    read = ("runtime.registeredCreators.restype = ctypes.c_char_p\n"
+            "print(runtime.registeredCreators().decode())\n")
+    triton = _registrations(f"runtime = ctypes.CDLL({str(trt / 'libnvinfer.so.10')!r}, ctypes.RTLD_GLOBAL)\n"
+                            f"ctypes.CDLL({str(plugin / 'libpolynl_trt_plugin_preload.so')!r})\n" + read)
+    assert triton.returncode == 0 and triton.stdout.strip() == expected, triton.stdout + triton.stderr
+    preloaded = _registrations("runtime = ctypes.CDLL('libnvinfer.so.10')\n" + read, LD_LIBRARY_PATH=str(trt),
+                               LD_PRELOAD=str(plugin / "libpolynl_trt_plugin_preload.so"))
+    assert preloaded.returncode == 0 and preloaded.stdout.strip() == expected, preloaded.stdout + preloaded.stderr
+
+    alone = preload_libraries / "alone"
+    alone.mkdir(exist_ok=True)
+    shutil.copy(plugin / "libpolynl_trt_plugin_preload.so", alone)
+    missing = _registrations(f"runtime = ctypes.CDLL({str(trt / 'libnvinfer.so.10')!r}, ctypes.RTLD_GLOBAL)\n"
+                             f"ctypes.CDLL({str(alone / 'libpolynl_trt_plugin_preload.so')!r})\n" + read)
+    assert missing.returncode == 0 and missing.stdout.strip() == "", missing.stdout + missing.stderr
+    assert "cannot load the PolyNL plugin library" in missing.stderr and "libpolynl_trt_plugin.so" in missing.stderr

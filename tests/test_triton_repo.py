@@ -42,7 +42,7 @@ def exported(tmp_path_factory):
 
 
 def plan_with_sidecar(plan: Path, onnx_path: Path, content: bytes = b"engine bytes", *, target: str = "trt",
-                      batches: tuple[int, int] = (1, 16), polynl_nodes: int = 2) -> Path:
+                      batches: tuple[int, int] = (1, 16), polynl_nodes: int = 2, **recorded) -> Path:
     """A stand-in plan with the sidecar ``polynl build`` writes beside it (hashes, target, profile batch
     range and PolyNL node count are what is read)."""
     import hashlib
@@ -54,7 +54,7 @@ def plan_with_sidecar(plan: Path, onnx_path: Path, content: bytes = b"engine byt
     plan.with_name(plan.name + ".json").write_text(json.dumps({
         "onnx_path": str(onnx_path), "onnx_sha256": sha256_of(onnx_path),
         "plan_sha256": hashlib.sha256(content).hexdigest(), "target": target, "tensorrt_version": "10.9.0",
-        "polynl_nodes": polynl_nodes,
+        "polynl_nodes": polynl_nodes, **recorded,
         "profiles": [{"input": "x", "min": [batches[0], 3, 1, 1], "opt": [2, 3, 10, 14],
                       "max": [batches[1], 3, 20, 28]}]}))
     return plan
@@ -198,7 +198,7 @@ def test_readme_describes_every_model_in_the_repository(exported, tmp_path):
     for row in ("| `net` | `onnxruntime_onnx` | 8 |", "| `net_trt` | `tensorrt_plan` | 2 |",
                 "| `static` | `onnxruntime_onnx` | 0 |", "- `net_trt`: TensorRT 10.9.0, profile batches 1 to 2",
                 f"tritonserver --model-repository=/models --backend-config=tensorrt,plugins={PLUGIN_PATH_IN_IMAGE}",
-                "`net_trt` need(s) the PolyNL TensorRT plugin library", "curl -s localhost:8000/v2/models/net_trt",
+                "`net_trt` need(s) the PolyNL TensorRT plugin.", "curl -s localhost:8000/v2/models/net_trt",
                 "curl -s localhost:8000/v2/models/static"):
         assert row in readme, row
 
@@ -252,3 +252,63 @@ def test_cli_refuses_a_real_tensorrt_rtx_plan(exported, tmp_path):
                                       "--plan", str(plan)])
     assert result.exit_code == 2 and "is a TensorRT-RTX engine" in result.stderr, result.output
     assert not (tmp_path / "repo").exists()
+
+
+def test_triton_loads_the_preload_library(exported, tmp_path):
+    """Triton's `plugins=` only dlopens a library: the README names the one that registers at load time,
+    and the folder mounted holds it beside the plugin library."""
+    from polynl_deploy.features import PLUGIN_LIBRARY_NAME, PRELOAD_LIBRARY_NAME
+
+    onnx_path, _ = exported
+    readme = make_triton_repo(tmp_path / "repo", onnx_path, plan_path=plan_with_sidecar(tmp_path / "n.plan", onnx_path),
+                              plugin_library="/opt/x/lib/" + PRELOAD_LIBRARY_NAME).readme.read_text()
+    assert f"--backend-config=tensorrt,plugins=/opt/x/lib/{PRELOAD_LIBRARY_NAME}" in readme
+    assert "-v /path/to/build/plugins:/opt/x/lib:ro" in readme and PLUGIN_LIBRARY_NAME in readme
+    assert PLUGIN_PATH_IN_IMAGE.endswith("/" + PRELOAD_LIBRARY_NAME) and "version-compatible" not in readme
+
+
+@pytest.mark.parametrize("recorded, plugins, version_compatible", [
+    ({"version_compatible": True, "plugin_library_serialized": True}, False, True),
+    ({"version_compatible": True, "plugin_library_serialized": False}, True, True),
+])
+def test_version_compatible_plans(exported, tmp_path, recorded, plugins, version_compatible):
+    """A plan that carries its lean runtime needs version-compatible=true; one that carries the plugin
+    library too needs no plugins= option."""
+    onnx_path, _ = exported
+    plan = plan_with_sidecar(tmp_path / "n.plan", onnx_path, **recorded)
+    readme = make_triton_repo(tmp_path / "repo", onnx_path, plan_path=plan).readme.read_text()
+    assert ("--backend-config=tensorrt,plugins=" in readme) == plugins
+    assert ("--backend-config=tensorrt,version-compatible=true" in readme) == version_compatible
+
+
+@pytest.mark.parametrize("precision, keep_io_fp32, expected", [
+    ("fp16", False, "TYPE_FP16"), ("bf16", False, "TYPE_BF16"), ("fp16", True, "TYPE_FP32"), ("fp32", False, "TYPE_FP32"),
+])
+def test_plan_io_types_follow_its_precision(exported, tmp_path, precision, keep_io_fp32, expected):
+    onnx_path, _ = exported
+    plan = plan_with_sidecar(tmp_path / "n.plan", onnx_path, precision=precision, keep_io_fp32=keep_io_fp32)
+    repo = make_triton_repo(tmp_path / "repo", onnx_path, plan_path=plan)
+    plan_config, pb2 = _parse(repo.path / "net_trt" / "config.pbtxt")
+    onnx_config, _ = _parse(repo.path / "net" / "config.pbtxt")
+    assert {t.data_type for t in [*plan_config.input, *plan_config.output]} == {pb2.DataType.Value(expected)}
+    assert {t.data_type for t in [*onnx_config.input, *onnx_config.output]} == {pb2.TYPE_FP32}
+
+
+def test_scalar_per_batch_item_is_dims_one_reshaped(tmp_path):
+    """Triton refuses empty dims: an output of shape [batch] becomes dims [ 1 ] with reshape [ ]."""
+    import onnx
+
+    graph = onnx.helper.make_graph(
+        [onnx.helper.make_node("ReduceSum", ["x", "axes"], ["score"], keepdims=0)], "rowsum",
+        [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["batch", 4])],
+        [onnx.helper.make_tensor_value_info("score", onnx.TensorProto.FLOAT, ["batch"])],
+        [onnx.helper.make_tensor("axes", onnx.TensorProto.INT64, [1], [1])])
+    path = tmp_path / "rowsum.onnx"
+    onnx.save(onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 20)]), path)
+    for batch in (8, 0):
+        repo = make_triton_repo(tmp_path / f"repo{batch}", path, max_batch_size=batch)
+        config, _ = _parse(repo.path / "rowsum" / "config.pbtxt")
+        score = config.output[0]
+        expected = [1] if batch else [-1]
+        assert list(score.dims) == expected
+        assert score.HasField("reshape") == bool(batch) and list(score.reshape.shape) == []

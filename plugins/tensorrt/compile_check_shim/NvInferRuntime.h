@@ -306,6 +306,15 @@ protected:
     ILogger& operator=(ILogger&&) & = default;
 };
 
+class IPluginRegistry
+{
+public:
+    virtual bool registerCreator(IPluginCreatorInterface& creator, AsciiChar const* const pluginNamespace) noexcept = 0;
+
+protected:
+    virtual ~IPluginRegistry() noexcept = default;
+};
+
 class ILoggerFinder
 {
 public:
