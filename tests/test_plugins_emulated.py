@@ -54,6 +54,9 @@ def kernels(emulated):
     return next(iter(emulated.values()))
 
 
+JIT_FROM_75 = "sm90-ptx75"
+
+
 @pytest.fixture(scope="module")
 def by_compute_capability(emulated, tmp_path_factory):
     """Compute capability -> client of the same library on an emulated device of that capability, with
@@ -63,6 +66,10 @@ def by_compute_capability(emulated, tmp_path_factory):
     clients = {sm: EmulatedKernels(default.library, ASAN, directory / f"sm{sm}.log",
                                    env={"CUDA_EMULATION_SM": str(sm), "CUDA_EMULATION_TRACE": "1"})
                for sm in (75, 90)}
+    # An SM90 device running code JIT-compiled from compute_75 PTX (a build for sm_75 only).
+    clients[JIT_FROM_75] = EmulatedKernels(default.library, ASAN, directory / "sm90-ptx75.log",
+                                           env={"CUDA_EMULATION_SM": "90", "CUDA_EMULATION_PTX": "75",
+                                                "CUDA_EMULATION_TRACE": "1"})
     yield clients
     for client in clients.values():
         client.close()
@@ -153,6 +160,22 @@ def test_tensor_cores_by_compute_capability(by_compute_capability, sm, case, lay
     # staging and zeroing, Gram, m, M and c, [split of M,] output
     assert len(mma_per_launch) == (6 if tensor_cores else 5), reply["log"]
     assert sum(n > 0 for n in mma_per_launch) == (2 if tensor_cores else 0), reply["log"]
+
+
+@LAYOUTS
+@pytest.mark.parametrize("x_dtype", [torch.float16, torch.bfloat16], ids=["float16", "bfloat16"])
+def test_code_compiled_for_a_lower_architecture(by_compute_capability, layout, x_dtype):
+    """An SM90 GPU running PTX of compute_75 (JIT-compiled) has wmma kernels for float16 but empty ones
+    for bfloat16 (nvcc compiles the bfloat16 branch away below SM80): the path follows the code that runs,
+    not the device's compute capability, so bfloat16 takes the SIMT kernels and stays right."""
+    x, weights = make_inputs(CASES[2], layout, x_dtype, torch.float32)
+    reply = forward(by_compute_capability[JIT_FROM_75], x, weights, layout, FOLDED)
+    assert reply["status"] == SUCCESS, f"{reply['error']}\n{reply['log']}"
+    y = torch.from_numpy(reply["y"])
+    assert_close((y.view(torch.bfloat16) if x_dtype == torch.bfloat16 else y).double(),
+                 reference(x, weights, layout), x_dtype)
+    mma_per_launch = [int(n) for n in re.findall(r"launch grid .*: (\d+) mma_sync", reply["log"])]
+    assert sum(n > 0 for n in mma_per_launch) == (2 if x_dtype == torch.float16 else 0), reply["log"]
 
 
 @pytest.mark.parametrize("x_dtype", [torch.float16, torch.bfloat16], ids=["float16", "bfloat16"])

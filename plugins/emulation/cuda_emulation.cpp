@@ -552,6 +552,40 @@ extern "C" CUDA_EMULATION_HIDDEN cudaError_t cudaGetDevice(int* device)
     return cudaSuccess;
 }
 
+namespace
+{
+
+//! An architecture (10 * major + minor) from the environment variable `name`, else `fallback`; 0 (and a
+//! message) when it is set to something else.
+long architectureFrom(char const* name, long fallback)
+{
+    char const* text = std::getenv(name);
+    if (text == nullptr)
+    {
+        return fallback;
+    }
+    char* end = nullptr;
+    long const value = std::strtol(text, &end, 10);
+    if (end == text || *end != '\0' || value < 10 || value > 999)
+    {
+        std::fprintf(stderr, "cuda_emulation: %s=%s is not an architecture such as 75 or 90\n", name, text);
+        return 0;
+    }
+    return value;
+}
+
+long emulatedSm()
+{
+    return architectureFrom("CUDA_EMULATION_SM", 90);
+}
+
+} // namespace
+
+int cudaEmulationPtxVersion()
+{
+    return static_cast<int>(architectureFrom("CUDA_EMULATION_PTX", emulatedSm()));
+}
+
 //! The one emulated device; its compute capability is CUDA_EMULATION_SM (10 * major + minor, default 90).
 extern "C" CUDA_EMULATION_HIDDEN cudaError_t cudaDeviceGetAttribute(int* value, cudaDeviceAttr attr, int device)
 {
@@ -559,17 +593,10 @@ extern "C" CUDA_EMULATION_HIDDEN cudaError_t cudaDeviceGetAttribute(int* value, 
     {
         return cudaErrorInvalidDevice;
     }
-    long sm = 90;
-    if (char const* text = std::getenv("CUDA_EMULATION_SM"); text != nullptr)
+    long const sm = emulatedSm();
+    if (sm == 0)
     {
-        char* end = nullptr;
-        sm = std::strtol(text, &end, 10);
-        if (end == text || *end != '\0' || sm < 10 || sm > 999)
-        {
-            std::fprintf(stderr, "cuda_emulation: CUDA_EMULATION_SM=%s is not a compute capability such as 75 or 90\n",
-                text);
-            return cudaErrorInvalidValue;
-        }
+        return cudaErrorInvalidValue;
     }
     switch (attr)
     {
@@ -577,6 +604,20 @@ extern "C" CUDA_EMULATION_HIDDEN cudaError_t cudaDeviceGetAttribute(int* value, 
     case cudaDevAttrComputeCapabilityMinor: *value = static_cast<int>(sm % 10); return cudaSuccess;
     default: return cudaErrorInvalidValue;
     }
+}
+
+//! Every kernel counts as compiled for CUDA_EMULATION_PTX and run on the emulated device.
+extern "C" CUDA_EMULATION_HIDDEN cudaError_t cudaFuncGetAttributes(cudaFuncAttributes* attr, void const* func)
+{
+    int const ptx = cudaEmulationPtxVersion();
+    if (attr == nullptr || func == nullptr || ptx == 0)
+    {
+        return cudaErrorInvalidValue;
+    }
+    *attr = cudaFuncAttributes{};
+    attr->ptxVersion = ptx;
+    attr->binaryVersion = static_cast<int>(emulatedSm());
+    return cudaSuccess;
 }
 
 extern "C" CUDA_EMULATION_HIDDEN char const* cudaGetErrorString(cudaError_t error)

@@ -6,16 +6,18 @@
 //   (which includes this header, then the .cu; link with cuda_emulation.cpp, compiled with the same -I;
 //   -I no_toolkit without a CUDA toolkit)
 //
-// It covers what plugins/kernels uses: the __global__/__device__/__shared__/__launch_bounds__
+// It covers what plugins/kernels uses: the __global__/__host__/__device__/__shared__/__launch_bounds__
 // qualifiers, threadIdx/blockIdx/blockDim/gridDim, __syncthreads, __shfl_down_sync, atomicAdd on
 // float, min, the __half/__nv_bfloat16 types and conversions (from the CUDA toolkit's headers in host
 // mode, or from no_toolkit/ where there is no toolkit), nvcuda::wmma for 16 x 16 x 16 tiles (below), and
-// cudaGetLastError, cudaGetErrorString, cudaGetDevice and cudaDeviceGetAttribute
+// cudaGetLastError, cudaGetErrorString, cudaGetDevice, cudaDeviceGetAttribute and cudaFuncGetAttributes
 // (cuda_emulation.cpp). Device pointers are host pointers; everything is synchronous. Code that launches
 // kernels calls cuda_emulation::launch where it would use <<<>>>.
 //
 // Environment: CUDA_EMULATION_SM (default 90) is the emulated device's compute capability, as
-// 10 * major + minor; CUDA_EMULATION_TRACE=1 prints one line per launch to stderr with its grid, block
+// 10 * major + minor; CUDA_EMULATION_PTX (default: CUDA_EMULATION_SM) the virtual architecture the code
+// counts as compiled for (cudaFuncAttributes::ptxVersion, cudaEmulationPtxVersion: kernels leave empty
+// what nvcc would compile away for it); CUDA_EMULATION_TRACE=1 prints one line per launch to stderr with its grid, block
 // and the number of warp-level mma_sync calls it made.
 //
 // A launch runs the blocks of the grid one after another, each with blockDim OS threads, so that
@@ -27,6 +29,9 @@
 #define CUDA_EMULATION 1
 
 #define __global__
+#ifndef __host__
+#define __host__
+#endif
 #define __device__
 #define __shared__ static
 #define __launch_bounds__(...)
@@ -38,6 +43,9 @@
 #include <atomic>
 #include <cstddef>
 #include <functional>
+
+//! CUDA_EMULATION_PTX as 10 * major + minor (default: the emulated device's compute capability).
+__attribute__((visibility("hidden"))) int cudaEmulationPtxVersion();
 #include <source_location>
 #include <type_traits>
 

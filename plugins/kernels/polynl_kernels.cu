@@ -614,26 +614,32 @@ constexpr int kTensorLd = kTensorTile + kPad16;
 constexpr int kDepthLd = kTensorDepth + kPad16;
 constexpr int kOutLd = kTensorTile + kPadFloat;
 
-//! Whether this compilation pass has wmma for T: float16 from SM70, bfloat16 from SM80, never float.
+//! The architecture (10 * major + minor) from which wmma takes T: float16 70, bfloat16 80; 0 for float.
+template <typename T>
+__host__ __device__ constexpr int wmmaArch()
+{
+    return std::is_same_v<T, __half> ? 70 : std::is_same_v<T, __nv_bfloat16> ? 80 : 0;
+}
+
+//! Whether this compilation pass has wmma for T. (The emulation compiles the wmma branches for every
+//! 16-bit T and leaves them empty at run time below CUDA_EMULATION_PTX, as nvcc leaves them empty here.)
 template <typename T>
 __device__ constexpr bool wmmaCompiled()
 {
-    constexpr bool isHalf = std::is_same_v<T, __half>;
-    constexpr bool isBFloat16 = std::is_same_v<T, __nv_bfloat16>;
 #if defined(CUDA_EMULATION)
-    return isHalf || isBFloat16;
+    return wmmaArch<T>() != 0;
 #elif defined(__CUDA_ARCH__)
-    return (isHalf && __CUDA_ARCH__ >= 700) || (isBFloat16 && __CUDA_ARCH__ >= 800);
+    return wmmaArch<T>() != 0 && __CUDA_ARCH__ >= 10 * wmmaArch<T>();
 #else
     return false;
 #endif
 }
 
-//! Whether a device of compute capability `sm` (10 * major + minor) runs X of type T on tensor cores.
+//! Whether kernels running as architecture `arch` (deviceKernelArch) take X of type T on tensor cores.
 template <typename T>
-bool tensorCoresFor(int sm)
+bool tensorCoresFor(int arch)
 {
-    return (std::is_same_v<T, __half> && sm >= 70) || (std::is_same_v<T, __nv_bfloat16> && sm >= 80);
+    return wmmaArch<T>() != 0 && arch >= wmmaArch<T>();
 }
 
 //! Warp w's strip of the 64 x 64 tile: rows 16 (w / 2), columns 32 (w % 2) + [0, 32).
@@ -668,6 +674,12 @@ __global__ void __launch_bounds__(kTensorThreads) tensorGramKernel(MatrixView<T 
 {
     if constexpr (wmmaCompiled<T>())
     {
+#if defined(CUDA_EMULATION)
+        if (cudaEmulationPtxVersion() < wmmaArch<T>())
+        {
+            return; // the branch nvcc compiles away for a lower virtual architecture
+        }
+#endif
         GramBlock const block(kTensorTile, positions, slices);
         if (block.mirrored)
         {
@@ -817,6 +829,12 @@ __global__ void __launch_bounds__(kTensorThreads) tensorGemmKernel(MatrixView<T 
 {
     if constexpr (wmmaCompiled<T>())
     {
+#if defined(CUDA_EMULATION)
+        if (cudaEmulationPtxVersion() < wmmaArch<T>())
+        {
+            return; // the branch nvcc compiles away for a lower virtual architecture
+        }
+#endif
         constexpr int kTerms = kSplitTerms<T>;
         struct Shared
         {
@@ -980,42 +998,50 @@ void stageWeights(core::Problem const& p, void const* const* weights, Buffers co
     launchKernel(stageWeightsKernel<W>, dim3(blocks, core::kNumWeights + 1), kThreads, stream, staging);
 }
 
-//! Compute capability of the current device as 10 * major + minor, queried once per device.
-cudaError_t deviceComputeCapability(int* sm)
+//! The architecture the kernels run as on the current device (10 * major + minor), queried once per
+//! device: its compute capability, capped by the virtual architecture of the code it runs. A build whose
+//! best match for the device is PTX of a lower architecture (compute_75 JIT-compiled on an SM90 GPU) has
+//! wmma kernels that nvcc compiled empty for bfloat16, so they must not be chosen there.
+cudaError_t deviceKernelArch(int* arch)
 {
     constexpr int kCachedDevices = 64;
     static std::atomic<int> cached[kCachedDevices]; // 0: not queried yet
     int device = 0;
     cudaError_t err = cudaGetDevice(&device);
     bool const cacheable = device >= 0 && device < kCachedDevices;
-    if (err != cudaSuccess || (cacheable && (*sm = cached[device].load(std::memory_order_relaxed)) != 0))
+    if (err != cudaSuccess || (cacheable && (*arch = cached[device].load(std::memory_order_relaxed)) != 0))
     {
         return err;
     }
     int major = 0;
     int minor = 0;
+    cudaFuncAttributes compiled{};
     err = cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device);
     if (err == cudaSuccess)
     {
         err = cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device);
     }
-    *sm = 10 * major + minor;
+    if (err == cudaSuccess)
+    {
+        err = cudaFuncGetAttributes(&compiled, reinterpret_cast<void const*>(&tensorGramKernel<__half>));
+    }
+    *arch = std::min(10 * major + minor, compiled.ptxVersion);
     if (err == cudaSuccess && cacheable)
     {
-        cached[device].store(*sm, std::memory_order_relaxed);
+        cached[device].store(*arch, std::memory_order_relaxed);
     }
     return err;
 }
 
 template <typename T>
-void forwardFolded(core::Problem const& p, T const* x, T* y, Buffers const& buf, int sm, cudaStream_t stream)
+void forwardFolded(core::Problem const& p, T const* x, T* y, Buffers const& buf, int arch, cudaStream_t stream)
 {
     int64_t const c = p.channels;
     int64_t const r = p.inner;
     auto const xView = featureView(x, p);
     auto const yView = featureView(y, p);
     float const invN = 1.F / static_cast<float>(p.positions);
-    bool const tensorCores = tensorCoresFor<T>(sm);
+    bool const tensorCores = tensorCoresFor<T>(arch);
 
     int32_t const tiles = ceilDiv(c, tensorCores ? kTensorTile : kGramTile);
     int64_t const triangle = static_cast<int64_t>(tiles) * (tiles + 1) / 2;
@@ -1093,12 +1119,12 @@ void forwardUnfolded(core::Problem const& p, T const* x, T* y, Buffers const& bu
 }
 
 template <typename T>
-void forwardTyped(core::Problem const& p, core::Path path, void const* x, void* y, Buffers const& buf, int sm,
+void forwardTyped(core::Problem const& p, core::Path path, void const* x, void* y, Buffers const& buf, int arch,
     cudaStream_t stream)
 {
     if (path == core::Path::kFolded)
     {
-        forwardFolded<T>(p, static_cast<T const*>(x), static_cast<T*>(y), buf, sm, stream);
+        forwardFolded<T>(p, static_cast<T const*>(x), static_cast<T*>(y), buf, arch, stream);
     }
     else
     {
@@ -1229,9 +1255,9 @@ extern "C" PolyNLStatus polynl_forward(PolyNLDesc const* desc, void const* x, vo
     Buffers const buf = buffersIn(workspace, layout, problem);
     auto* const zeroed = reinterpret_cast<float*>(static_cast<char*>(workspace) + layout.zeroedBegin);
     auto const zeroedCount = static_cast<int64_t>((layout.zeroedEnd - layout.zeroedBegin) / sizeof(float));
-    cudaGetLastError(); // Clear a stale error so the check below reports ours.
-    int sm = 0;
-    cudaError_t err = deviceComputeCapability(&sm);
+    // A pending error of another component is not cleared here: it surfaces in the check below.
+    int arch = 0;
+    cudaError_t err = deviceKernelArch(&arch);
     if (err == cudaSuccess)
     {
         switch (problem.weightType)
@@ -1244,9 +1270,9 @@ extern "C" PolyNLStatus polynl_forward(PolyNLDesc const* desc, void const* x, vo
         }
         switch (problem.xType)
         {
-        case core::DataType::kFloat32: forwardTyped<float>(problem, path, x, y, buf, sm, stream); break;
-        case core::DataType::kFloat16: forwardTyped<__half>(problem, path, x, y, buf, sm, stream); break;
-        case core::DataType::kBFloat16: forwardTyped<__nv_bfloat16>(problem, path, x, y, buf, sm, stream); break;
+        case core::DataType::kFloat32: forwardTyped<float>(problem, path, x, y, buf, arch, stream); break;
+        case core::DataType::kFloat16: forwardTyped<__half>(problem, path, x, y, buf, arch, stream); break;
+        case core::DataType::kBFloat16: forwardTyped<__nv_bfloat16>(problem, path, x, y, buf, arch, stream); break;
         }
         err = cudaGetLastError();
     }

@@ -38,10 +38,17 @@ enum cudaDeviceAttr
     cudaDevAttrComputeCapabilityMinor = 76,
 };
 
+struct cudaFuncAttributes
+{
+    size_t sharedSizeBytes, constSizeBytes, localSizeBytes;
+    int maxThreadsPerBlock, numRegs, ptxVersion, binaryVersion;
+};
+
 extern "C"
 {
     cudaError_t cudaGetLastError(void);
     cudaError_t cudaGetDevice(int* device);
     cudaError_t cudaDeviceGetAttribute(int* value, cudaDeviceAttr attr, int device);
+    cudaError_t cudaFuncGetAttributes(cudaFuncAttributes* attr, void const* func);
     char const* cudaGetErrorString(cudaError_t error);
 }
