@@ -657,6 +657,29 @@ struct WarpStrip
 
 using Accumulator = wmma::fragment<wmma::accumulator, kMma, kMma, kMma, float>;
 
+//! Positions a tensor-core accumulator sums before it is added into the block's float32 total: tensor
+//! cores have been measured to truncate when they normalize fp32 sums (Fasi et al., 2021), which biases
+//! long sums. The emulation flushes more often, so that its small test sizes cross a flush.
+#if defined(CUDA_EMULATION)
+constexpr int64_t kTensorFlushPositions = 2 * kTensorDepth;
+#else
+constexpr int64_t kTensorFlushPositions = 1024;
+#endif
+static_assert(kTensorFlushPositions % kTensorDepth == 0, "flush on a chunk boundary");
+
+//! total += partial, then partial = 0 (fragments of one type map their elements alike).
+__device__ void flushInto(Accumulator (&total)[2], Accumulator (&partial)[2])
+{
+    for (int f = 0; f < 2; ++f)
+    {
+        for (int i = 0; i < total[f].num_elements; ++i)
+        {
+            total[f].x[i] += partial[f].x[i];
+        }
+        wmma::fill_fragment(partial[f], 0.F);
+    }
+}
+
 //! Stores a warp's two accumulators at its strip of `out` (row-major, leading dimension kOutLd).
 __device__ void storeStrip(float (*out)[kOutLd], WarpStrip const& strip, Accumulator const (&acc)[2])
 {
@@ -698,12 +721,20 @@ __global__ void __launch_bounds__(kTensorThreads) tensorGramKernel(MatrixView<T 
 
         WarpStrip const strip;
 
+        Accumulator total[2];
         Accumulator acc[2];
-        wmma::fill_fragment(acc[0], 0.F);
-        wmma::fill_fragment(acc[1], 0.F);
+        for (int f = 0; f < 2; ++f)
+        {
+            wmma::fill_fragment(total[f], 0.F);
+            wmma::fill_fragment(acc[f], 0.F);
+        }
         float columnSum = 0.F; // mu: threads 0..63 of diagonal blocks, one channel each
         for (int64_t n0 = begin; n0 < end; n0 += kTensorDepth)
         {
+            if (n0 > begin && (n0 - begin) % kTensorFlushPositions == 0)
+            {
+                flushInto(total, acc);
+            }
             stageGramChunk<kTensorDepth, kTensorTile, kTensorThreads>(
                 x, b, n0, end, channels, block.baseI, block.baseJ, shared.xi, shared.xj);
             __syncthreads();
@@ -728,7 +759,8 @@ __global__ void __launch_bounds__(kTensorThreads) tensorGramKernel(MatrixView<T 
             __syncthreads();
         }
 
-        storeStrip(shared.out, strip, acc);
+        flushInto(total, acc);
+        storeStrip(shared.out, strip, total);
         __syncthreads();
         float* s = gram + b * channels * channels;
         for (int e = threadIdx.x; e < kTensorTile * kTensorTile; e += kTensorThreads)
