@@ -26,6 +26,7 @@ PLUGINS = Path(__file__).resolve().parents[1] / "plugins"
 EMULATION = PLUGINS / "emulation"
 CXX = shutil.which("g++") or shutil.which("c++")
 SANITIZE = ["-fsanitize=address,undefined", "-fno-sanitize-recover=all", "-fno-omit-frame-pointer"]
+THREAD_SANITIZE = ["-fsanitize=thread", "-fno-omit-frame-pointer"]
 LIBRARY = "libpolynl_kernels_emulated.so"
 NO_TOOLKIT = EMULATION / "no_toolkit"
 SANITIZER_OPTIONS = {"ASAN_OPTIONS": "detect_leaks=0", "UBSAN_OPTIONS": "print_stacktrace=1"}
@@ -41,18 +42,19 @@ def toolkit_include_dir():
                 None)
 
 
-def asan_runtime():
-    """Path of the compiler's libasan.so, or None when it has none."""
-    name = subprocess.run([CXX, "-print-file-name=libasan.so"], capture_output=True, text=True).stdout.strip()
-    return name if os.path.isabs(name) and os.path.exists(name) else None
+def sanitizer_runtime(name="libasan.so"):
+    """Path of the compiler's sanitizer runtime ``name`` (libasan.so, libtsan.so), or None when it has none."""
+    path = subprocess.run([CXX, f"-print-file-name={name}"], capture_output=True, text=True).stdout.strip()
+    return path if os.path.isabs(path) and os.path.exists(path) else None
 
 
-def build(directory, header_sets, sanitize):
+def build(directory, header_sets, sanitizers=()):
     """Builds, for each header set ({name: folder with cuda_fp16.h and friends}), name/LIBRARY: the kernels
     (compiled as C++ through the emulation), the emulation runtime and the functional core; and, for the
-    first set, name/test_emulation, the emulation's own tests. All units compile in parallel."""
+    first set, name/test_emulation, the emulation's own tests. All units compile in parallel, with the
+    compiler flags ``sanitizers`` (SANITIZE, THREAD_SANITIZE)."""
     flags = ["-O1", "-g1", "-fPIC", "-Wall", "-Wextra", "-Werror", f"-I{PLUGINS / 'include'}", f"-I{PLUGINS / 'core'}",
-             f"-I{EMULATION}", *(SANITIZE if sanitize else [])]
+             f"-I{EMULATION}", *sanitizers]
     # nvcc's `#pragma unroll` is unknown to g++.
     kernels = ["-Wno-unknown-pragmas", str(EMULATION / "polynl_kernels_emulated.cpp")]
     units = {directory / "core.o": ["-std=c++17", str(PLUGINS / "core" / "polynl_core.cpp")]}
@@ -74,8 +76,7 @@ def build(directory, header_sets, sanitize):
         _, errors = process.communicate()
         assert process.returncode == 0, errors
     for output, inputs in links.items():
-        subprocess.run([CXX, "-pthread", *(SANITIZE if sanitize else []), *map(str, inputs), "-o", str(output)],
-                       check=True)
+        subprocess.run([CXX, "-pthread", *sanitizers, *map(str, inputs), "-o", str(output)], check=True)
 
 
 class ChildCrashed(RuntimeError):

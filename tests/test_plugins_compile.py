@@ -81,7 +81,7 @@ def test_plugin_against_compile_check_shim(tmp_path):
     kernels and runs it on the CPU: creator fields, serialization round trip, formats, shapes,
     workspace, and enqueue on host buffers against the float64 reference."""
     headers = emulated_kernels.toolkit_include_dir() or emulated_kernels.NO_TOOLKIT
-    emulated_kernels.build(tmp_path, {"kernels": headers}, sanitize=False)
+    emulated_kernels.build(tmp_path, {"kernels": headers})
     shim = PLUGINS / "tensorrt" / "compile_check_shim"
     executable = tmp_path / "plugin_smoke_test"
     subprocess.run([emulated_kernels.CXX, "-std=c++17", "-Wall", "-Wextra", "-Werror", f"-I{shim}",
@@ -122,7 +122,7 @@ def preload_libraries(tmp_path_factory):
     registry records registrations (tensorrt/tests/fake_nvinfer.cpp)."""
     root = tmp_path_factory.mktemp("preload")
     headers = emulated_kernels.toolkit_include_dir() or emulated_kernels.NO_TOOLKIT
-    emulated_kernels.build(root, {"kernels": headers}, sanitize=False)
+    emulated_kernels.build(root, {"kernels": headers})
     shim, tensorrt = PLUGINS / "tensorrt" / "compile_check_shim", PLUGINS / "tensorrt"
     (root / "plugin").mkdir()
     (root / "trt").mkdir()

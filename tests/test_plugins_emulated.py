@@ -12,8 +12,8 @@ import pytest
 import torch
 
 import numpy_reference
-from emulated_kernels import (CXX, LIBRARY, NO_TOOLKIT, ChildCrashed, EmulatedKernels, asan_runtime, build,
-                              toolkit_include_dir)
+from emulated_kernels import (CXX, LIBRARY, NO_TOOLKIT, SANITIZE, THREAD_SANITIZE, ChildCrashed, EmulatedKernels,
+                              build, sanitizer_runtime, toolkit_include_dir)
 from kernel_abi import (AUTO, CUDA_ERROR, FLOAT32, FOLDED, INVALID_ARGUMENT, LAYOUT_NAMES, MAPS, PATH_NAMES, SUCCESS,
                         TOKENS, UNFOLDED, UNSUPPORTED, WORKSPACE_TOO_SMALL, Desc)
 from kernel_cases import CASES, assert_close, case_id, make_inputs
@@ -25,7 +25,8 @@ from polynl_deploy.nn import functional as F
 
 pytestmark = pytest.mark.skipif(CXX is None, reason="no C++ compiler (g++/c++) on PATH")
 
-ASAN = asan_runtime() if CXX else None
+ASAN = sanitizer_runtime("libasan.so") if CXX else None
+TSAN = sanitizer_runtime("libtsan.so") if CXX else None
 ALPHA = 0.75
 SMALL = (3, 13, 6, (5, 7))
 LAYOUTS = pytest.mark.parametrize("layout", [MAPS, TOKENS], ids=["maps", "tokens"])
@@ -41,7 +42,7 @@ def emulated(tmp_path_factory):
     directory = tmp_path_factory.mktemp("emulated_kernels")
     header_sets = {"cuda_toolkit": toolkit_include_dir(), "no_toolkit": NO_TOOLKIT}
     header_sets = {name: headers for name, headers in header_sets.items() if headers is not None}
-    build(directory, header_sets, sanitize=ASAN is not None)
+    build(directory, header_sets, SANITIZE if ASAN else ())
     clients = {name: EmulatedKernels(directory / name / LIBRARY, ASAN, directory / f"{name}.log")
                for name in header_sets}
     yield clients
@@ -320,7 +321,7 @@ def test_sanitizers_catch_out_of_bounds_reads(kernels):
 def test_library_binding_runs_the_emulated_kernels(tmp_path):
     """polynl_deploy.kernels, the binding the benchmark uses (prepare once, call again), on a build without
     sanitizers loaded into this process: descriptor from tensors, aligned workspace, output buffer reuse."""
-    build(tmp_path, {"plain": toolkit_include_dir() or NO_TOOLKIT}, sanitize=False)
+    build(tmp_path, {"plain": toolkit_include_dir() or NO_TOOLKIT})
     library = KernelLibrary(tmp_path / "plain" / LIBRARY)
     for layout, name in ((MAPS, "maps"), (TOKENS, "tokens")):
         x, weights = make_inputs(CASES[2], layout, torch.float16, torch.float32)
@@ -334,3 +335,26 @@ def test_library_binding_runs_the_emulated_kernels(tmp_path):
     with pytest.raises(KernelError, match=r"unsupported \(batch and C' must be <= 65535\)") as caught:
         library.workspace_size(Desc(65536, 8, 4, 9, MAPS, FLOAT32, FLOAT32, AUTO, 1.0))
     assert caught.value.status == UNSUPPORTED
+
+
+@pytest.mark.skipif(TSAN is None, reason="the host compiler has no ThreadSanitizer runtime (libtsan.so)")
+def test_thread_sanitizer_sees_no_race_between_the_threads_of_a_block(tmp_path):
+    """A block's threads are OS threads in the emulation, so ThreadSanitizer reports a shared-memory write
+    and read that no __syncthreads separates, also where the result comes out right anyway (shared memory
+    keeps the previous block's values): every kernel of both paths, SIMT and tensor cores, both layouts."""
+    build(tmp_path, {"tsan": toolkit_include_dir() or NO_TOOLKIT}, THREAD_SANITIZE)
+    client = EmulatedKernels(tmp_path / "tsan" / LIBRARY, TSAN, tmp_path / "tsan.log",
+                             env={"TSAN_OPTIONS": "halt_on_error=1 exitcode=66"})
+    runs = [(FOLDED, torch.float16), (FOLDED, torch.bfloat16), (FOLDED, torch.float32), (UNFOLDED, torch.float16)]
+    try:
+        for layout in (MAPS, TOKENS):
+            for path, x_dtype in runs:
+                x, weights = make_inputs(CASES[2], layout, x_dtype, torch.float32)
+                try:
+                    reply = forward(client, x, weights, layout, path)
+                except ChildCrashed as crash:
+                    pytest.fail(f"{PATH_NAMES[path]}, {LAYOUT_NAMES[layout]}, {x_dtype}: {crash}")
+                assert reply["status"] == SUCCESS, f"{reply['error']}\n{reply['log']}"
+                assert "ThreadSanitizer" not in reply["log"], reply["log"]
+    finally:
+        client.close()
