@@ -14,7 +14,7 @@ console = Console()
 
 def serve(
     models: Annotated[list[str], typer.Argument(
-        help="model files (.onnx; .plan/.engine for TensorRT), each as PATH (served under its file stem) "
+        help="model files (.onnx; .plan/.engine/.trt for TensorRT), each as PATH (served under its file stem) "
              "or NAME=PATH")],
     host: Annotated[str, typer.Option(help="address to bind; 0.0.0.0 exposes the server to the network")]
     = "127.0.0.1",
@@ -25,7 +25,7 @@ def serve(
     max_queue: Annotated[int, typer.Option(help="requests admitted per model; more are answered 503")] = 64,
     max_body_mb: Annotated[float, typer.Option(help="largest request body; larger ones are answered 413")] = 64.0,
     backend: Annotated[str, typer.Option(
-        help="auto (TensorRT for .plan/.engine, ONNX Runtime otherwise), onnxruntime, or tensorrt")] = "auto",
+        help="auto (TensorRT for .plan/.engine/.trt, ONNX Runtime otherwise), onnxruntime, or tensorrt")] = "auto",
     workers: Annotated[int, typer.Option(help="inference threads")] = 2,
 ):
     """Serve models over the Open Inference Protocol (KServe v2) REST API, with /metrics."""

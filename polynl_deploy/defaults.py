@@ -54,3 +54,6 @@ DEMO_OUTPUT_DIR = "polynl-out"
 DEMO_BATCH = 250
 LABEL_AGREEMENT_MIN = 0.999
 """Backends must predict the same label on at least this fraction of held-out samples."""
+
+ENGINE_SUFFIXES = (".plan", ".engine", ".trt")
+"""File suffixes taken for serialized TensorRT engines (by run, serve and their CLI commands)."""

@@ -131,8 +131,9 @@ class RecordingConfig:
     def clear_flag(self, flag):
         self.cleared.append(flag)
 
-    def add_optimization_profile(self, profile):
+    def add_optimization_profile(self, profile):  # the profile's index, or -1 when TensorRT refuses it
         self.profile = profile
+        return 0
 
     def set_flag(self, flag):
         self.flags.append(flag)
@@ -189,6 +190,127 @@ def test_runner_trusts_the_lean_runtime_of_a_version_compatible_plan(tmp_path, m
     with pytest.raises(ModelFileError, match="cannot deserialize"):
         runner_module.TensorRTRunner(plan)
     assert runtimes[0].engine_host_code_allowed and loaded == []
+
+    # --exclude-lean-runtime: no lean runtime in the plan, but its plugin library is host code all the same
+    (tmp_path / "m.plan.json").write_text(json.dumps({
+        "target": "trt", "plugin_library": "lib.so", "version_compatible": True, "plugin_library_serialized": True,
+        "lean_runtime_embedded": False}))
+    with pytest.raises(ModelFileError, match="cannot deserialize"):
+        runner_module.TensorRTRunner(plan)
+    assert runtimes[1].engine_host_code_allowed and loaded == []
+
+
+class FakeRegistry:
+    """IPluginRegistry as its Python binding behaves: load_library returns None when a creator of the
+    library is already registered."""
+
+    def __init__(self):
+        self.creators, self.loads = set(), []
+
+    def get_creator(self, name, version, namespace):
+        return (name, version, namespace) if (name, version, namespace) in self.creators else None
+
+    def load_library(self, path):
+        self.loads.append(path)
+        if ("PolyNL", "1", "polynl") in self.creators:
+            return None
+        self.creators.add(("PolyNL", "1", "polynl"))
+        return object()
+
+
+def test_plugin_library_is_loaded_once_per_process():
+    """The demo, bench and serving build and then run in one process: the second load must not fail."""
+    from polynl_deploy.tensorrt.builder import load_plugin_library
+
+    registry = FakeRegistry()
+    fake = SimpleNamespace(get_plugin_registry=lambda: registry)
+    load_plugin_library(fake, Path("lib.so"))
+    load_plugin_library(fake, Path("lib.so"))
+    assert registry.loads == ["lib.so"]
+
+
+def test_refused_profile_is_a_build_error(tokens_onnx, tmp_path):
+    from polynl_deploy.errors import EngineBuildError
+    from polynl_deploy.tensorrt.builder import _configure
+
+    config = RecordingConfig()
+    config.add_optimization_profile = lambda profile: -1
+    with pytest.raises(EngineBuildError, match="refused the optimization profile"):
+        _configure(FAKE_TRT, FAKE_BUILDER, config, BuildSettings(tokens_onnx, tmp_path / "m.plan"), [], None)
+
+
+class FakeTimingCache:
+    def __init__(self, data: bytes):
+        self.entries = set(data.split(b",")) - {b""}
+
+    def combine(self, other, ignore_mismatch):
+        self.entries |= other.entries
+        return True
+
+    def serialize(self):
+        return b",".join(sorted(self.entries))
+
+
+class TimingCacheConfig(RecordingConfig):
+    """create_timing_cache refuses bytes that are not a cache; set_timing_cache refuses one from another GPU."""
+
+    def __init__(self, accepts=True):
+        super().__init__()
+        self.accepts, self.cache = accepts, None
+
+    def create_timing_cache(self, data: bytes):
+        if data.startswith(b"garbage"):
+            raise TypeError("invalid timing cache")
+        return FakeTimingCache(data)
+
+    def set_timing_cache(self, cache, ignore_mismatch):
+        if not self.accepts and cache.entries:
+            return False
+        self.cache = cache
+        return True
+
+    def get_timing_cache(self):
+        return self.cache
+
+
+@pytest.mark.parametrize("content, accepts", [(b"garbage", True), (b"other-gpu", False)])
+def test_unusable_timing_cache_is_replaced_and_saving_merges(tokens_onnx, tmp_path, content, accepts, caplog):
+    from polynl_deploy.tensorrt.builder import _configure, _save_timing_cache
+
+    cache_path = tmp_path / "timing.cache"
+    cache_path.write_bytes(content)
+    config = TimingCacheConfig(accepts)
+    settings = BuildSettings(tokens_onnx, tmp_path / "m.plan", timing_cache=cache_path)
+    _configure(FAKE_TRT, FAKE_BUILDER, config, settings, [], None)
+    assert config.cache is not None and config.cache.entries == set()
+    assert "building with an empty one" in caplog.text
+    config.cache.entries.add(b"this-build")
+    cache_path.write_bytes(b"another-build")  # written meanwhile by a concurrent build
+    _save_timing_cache(config, cache_path)
+    assert cache_path.read_bytes() == b"another-build,this-build"
+
+
+def test_trt_build_without_a_cuda_torch_stops_before_any_work(tokens_onnx, tmp_path, monkeypatch):
+    from polynl_deploy.tensorrt import builder as builder_module
+
+    monkeypatch.setattr(builder_module, "import_tensorrt", lambda target: SimpleNamespace(__version__="10.x"))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(BackendUnavailableError, match="sees no CUDA GPU"):
+        build_engine(BuildSettings(tokens_onnx, tmp_path / "m.plan"))
+    assert not (tmp_path / "m.plan").exists()
+
+
+def test_runner_names_the_profile_when_a_shape_is_outside_it():
+    from polynl_deploy.errors import InputError
+    from polynl_deploy.tensorrt.runner import TensorRTRunner
+
+    runner = object.__new__(TensorRTRunner)
+    runner.path = Path("m.plan")
+    runner.context = SimpleNamespace(set_input_shape=lambda name, shape: shape[0] <= 8)
+    runner.engine = SimpleNamespace(get_tensor_profile_shape=lambda name, index: ([1, 9, 10], [4, 9, 10], [8, 9, 10]))
+    runner._set_input_shape("x", (8, 9, 10))
+    with pytest.raises(InputError, match=r"'x' of shape \[16, 9, 10\] is outside .* \(min \[1, 9, 10\], max \[8, 9, 10\]\)"):
+        runner._set_input_shape("x", (16, 9, 10))
 
 
 

@@ -144,3 +144,23 @@ def test_keep_io_fp32_reaches_graph_inputs_read_inside_branches():
     session = ort.InferenceSession(converted.SerializeToString(), providers=["CPUExecutionProvider"])
     for x, factor in ((np.array([1.5, 2.0], np.float32), 2.0), (np.array([-1.5, 0.25], np.float32), -3.0)):
         np.testing.assert_allclose(session.run(None, {"x": x})[0], factor * x, rtol=1e-3)
+
+
+@pytest.mark.parametrize("precision", ["fp16", "bf16"])
+def test_resize_scales_stay_float32(tmp_path, precision):
+    """ONNX types Resize's scales as float32 only: converting them would fail the checker (and ONNX Runtime)."""
+    upsample = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 1), torch.nn.Upsample(scale_factor=2.0, mode="nearest")).eval()
+    source = tmp_path / "up.onnx"
+    torch.onnx.export(upsample, (torch.randn(1, 3, 5, 5),), str(source), dynamo=True, opset_version=20)
+    scales = {n.input[2] for n in onnx.load(source).graph.node if n.op_type == "Resize" and len(n.input) > 2}
+    assert scales, "the export has no Resize with scales"
+    converted = convert_onnx_file(source, tmp_path / "up16.onnx", precision, keep_io_fp32=True)
+    kept = {t.name: t.data_type for t in converted.graph.initializer if t.name in scales}
+    kept.update({n.output[0]: n.attribute[0].t.data_type for n in converted.graph.node
+                 if n.op_type == "Constant" and n.output[0] in scales})
+    assert kept and set(kept.values()) == {onnx.TensorProto.FLOAT}, kept
+    if precision == "fp16":
+        x = np.random.default_rng(1).standard_normal((1, 3, 5, 5)).astype(np.float32)
+        with torch.no_grad():
+            expected = upsample(torch.from_numpy(x)).numpy()
+        np.testing.assert_allclose(run_ort(tmp_path / "up16.onnx", x), expected, **FP16)

@@ -238,3 +238,24 @@ def test_built_plan_is_kept_out_of_a_triton_repository(exported, tmp_path):
     with pytest.raises(ModelFileError, match="is a TensorRT-RTX engine"):
         make_triton_repo(tmp_path / "repo", exported["tokens"], plan_path=plan)
     assert not (tmp_path / "repo").exists()
+
+
+def test_ctrl_c_during_a_build_cancels_it(exported, tmp_path, monkeypatch):
+    """Ctrl-C lands in the progress monitor, inside TensorRT's build: the bindings would print the exception
+    and go on, so the monitor answers the next step with False, and the build stops with no plan written."""
+    from rich.progress import Progress
+
+    started = []
+    add_task = Progress.add_task
+
+    def interrupted_once_started(self, *args, **kwargs):
+        started.append(args)
+        if len(started) == 2:
+            raise KeyboardInterrupt
+        return add_task(self, *args, **kwargs)
+
+    monkeypatch.setattr(Progress, "add_task", interrupted_once_started)
+    plan = tmp_path / "m.plan"
+    with pytest.raises(KeyboardInterrupt):
+        build_engine(BuildSettings(exported["tokens"], plan, target="rtx", sms=(89,), show_progress=True))
+    assert len(started) >= 2 and not plan.exists() and not plan.with_name("m.plan.json").exists()

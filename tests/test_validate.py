@@ -145,3 +145,29 @@ def test_per_output_tolerance_overrides_the_global_one(exported):
                                per_output={output: (1e-5, 1e-4)})
     report = run_validate(relaxed)
     assert report.passed and all(c.max_abs_error > 0 for c in report.comparisons)
+
+
+@pytest.mark.parametrize("io_dtype", ["float16", "float32"])
+def test_reduced_precision_runner_gets_its_input_types_and_tolerances(exported, io_dtype):
+    """An fp16 engine (fp16 I/O, or fp32 I/O with --keep-io-fp32) is fed in its own input type and judged
+    by float16 tolerances; the same error from a float32 runner fails."""
+    from polynl_deploy.backends.base import Runner, TensorSpec
+    from polynl_deploy.validation import compare_runners
+
+    _model, path = exported
+    reference = OnnxRuntimeRunner(path)
+
+    class Engine(Runner):
+        name = "trt"
+
+        def __init__(self, precision):
+            self.precision = precision
+            self.input_specs = [TensorSpec(s.name, io_dtype, s.shape) for s in reference.input_specs]
+            self.output_names = reference.output_names
+
+        def _infer(self, feed):
+            outputs = reference.infer({k: v.astype(np.float32) for k, v in feed.items()})
+            return {k: (v * (1 + 2e-3)).astype(io_dtype) for k, v in outputs.items()}
+
+    assert compare_runners(path, {"ort": reference, "trt": Engine("float16")}).passed
+    assert not compare_runners(path, {"ort": reference, "trt": Engine(None)}).passed

@@ -42,6 +42,9 @@ class Runner(ABC):
     input_specs: list[TensorSpec]
     output_names: list[str]
     model_label: str = "model"
+    precision: str | None = None
+    """The numpy dtype of the arithmetic where it is below the I/O types (a float16 engine with float32
+    I/O): validate's tolerances follow it."""
 
     def infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         specs = self.input_specs

@@ -6,17 +6,17 @@ from pathlib import Path
 import numpy as np
 
 from polynl_deploy.backends.base import Runner, TensorSpec
+from polynl_deploy.defaults import ENGINE_SUFFIXES
 from polynl_deploy.errors import BackendUnavailableError
 from polynl_deploy.serving.protocol import ProtocolError, v2_datatype
 from polynl_deploy.serving.settings import ServeSettings
 
-ENGINE_SUFFIXES = (".plan", ".engine")
 MODEL_VERSION = "1"
 PLATFORMS = {"onnxruntime": "onnxruntime_onnx", "tensorrt": "tensorrt_plan"}
 
 
 def backend_for(path: Path, backend: str) -> str:
-    """``auto``: TensorRT for ``.plan``/``.engine`` files, ONNX Runtime otherwise."""
+    """``auto``: TensorRT for engine files (``defaults.ENGINE_SUFFIXES``), ONNX Runtime otherwise."""
     if backend != "auto":
         return backend
     return "tensorrt" if path.suffix.lower() in ENGINE_SUFFIXES else "onnxruntime"

@@ -106,8 +106,14 @@ def resolve_plugin_library(settings: BuildSettings, polynl_nodes: int) -> Path |
 
 
 def load_plugin_library(trt, library: Path) -> None:
+    """Registers the PolyNL creator from ``library``, once per process: TensorRT's load_library returns
+    None when a creator of the library is already registered (a second build or runner in one process)."""
+    registry = trt.get_plugin_registry()
+    if registry.get_creator(contract.OP_TYPE, contract.PLUGIN_VERSION, contract.PLUGIN_NAMESPACE) is not None:
+        log.debug("PolyNL plugin creator already registered; not loading %s again", library)
+        return
     try:
-        handle = trt.get_plugin_registry().load_library(str(library))
+        handle = registry.load_library(str(library))
     except Exception as exc:  # the bindings raise RuntimeError/TypeError depending on the version
         raise BackendUnavailableError(f"plugin library {library}: TensorRT cannot load it ({exc})") from exc
     if handle is None:
@@ -142,19 +148,32 @@ def _progress_monitor(trt, progress):
             trt.IProgressMonitor.__init__(self)
             self.tasks: dict[str, int] = {}
 
+            self.interrupted = False
+
+        # TensorRT calls these from its build; an exception would stop in the bindings (which print it
+        # and go on), so Ctrl-C is kept and answered by cancelling the build at the next step.
         def phase_start(self, phase_name, parent_phase, num_steps) -> None:
-            indent = "  " if parent_phase else ""
-            self.tasks[phase_name] = progress.add_task(f"{indent}{phase_name}", total=max(num_steps, 1))
+            try:
+                indent = "  " if parent_phase else ""
+                self.tasks[phase_name] = progress.add_task(f"{indent}{phase_name}", total=max(num_steps, 1))
+            except KeyboardInterrupt:
+                self.interrupted = True
 
         def step_complete(self, phase_name, step) -> bool:
-            if phase_name in self.tasks:
-                progress.update(self.tasks[phase_name], completed=step + 1)
-            return True  # False would cancel the build
+            try:
+                if phase_name in self.tasks:
+                    progress.update(self.tasks[phase_name], completed=step + 1)
+            except KeyboardInterrupt:
+                self.interrupted = True
+            return not self.interrupted  # False cancels the build
 
         def phase_finish(self, phase_name) -> None:
-            task = self.tasks.pop(phase_name, None)
-            if task is not None:
-                progress.remove_task(task)
+            try:
+                task = self.tasks.pop(phase_name, None)
+                if task is not None:
+                    progress.remove_task(task)
+            except KeyboardInterrupt:
+                self.interrupted = True
 
     return RichProgressMonitor()
 
@@ -179,7 +198,9 @@ def _configure(trt, builder, config, settings: BuildSettings, profiles: list[Pro
     profile = builder.create_optimization_profile()
     for p in profiles:
         profile.set_shape(p.input, p.min, p.opt, p.max)
-    config.add_optimization_profile(profile)
+    if config.add_optimization_profile(profile) < 0:
+        raise EngineBuildError(f"{settings.onnx_path}: TensorRT refused the optimization profile "
+                               f"{[p.to_json() for p in profiles]}")
     if not settings.tf32:
         # TensorRT lets float32 math round to TF32 (10-bit mantissas) unless told not to: float32 engines
         # then hold float32 tolerances, and the fp16/bf16 engines' float32 statistics stay float32.
@@ -191,8 +212,11 @@ def _configure(trt, builder, config, settings: BuildSettings, profiles: list[Pro
         for index, sm in enumerate(settings.sms):
             config.set_compute_capability(getattr(trt.ComputeCapability, f"SM{sm}"), index)
     elif settings.timing_cache:
-        cached = settings.timing_cache.read_bytes() if settings.timing_cache.is_file() else b""
-        config.set_timing_cache(config.create_timing_cache(cached), False)
+        cache = _read_timing_cache(config, settings.timing_cache)
+        if not config.set_timing_cache(cache, False):
+            log.warning("timing cache %s: recorded for another GPU or TensorRT; building with an empty one",
+                        settings.timing_cache)
+            config.set_timing_cache(config.create_timing_cache(b""), False)
     if settings.version_compatible:
         # A later TensorRT runs the plan with its embedded lean runtime (unless excluded) and loads the
         # plugin library serialized into it: the library links no libnvinfer, as that requires.
@@ -203,9 +227,34 @@ def _configure(trt, builder, config, settings: BuildSettings, profiles: list[Pro
             config.plugins_to_serialize = [str(plugin_library)]
 
 
-def _gpu_description() -> dict:
+def _read_timing_cache(config, path: Path):
+    """The timing cache in ``path`` (an empty one where there is none, or it cannot be read)."""
+    cached = path.read_bytes() if path.is_file() else b""
+    try:
+        return config.create_timing_cache(cached)
+    except (TypeError, RuntimeError) as exc:
+        log.warning("timing cache %s cannot be read (%s); building with an empty one", path, exc)
+        return config.create_timing_cache(b"")
+
+
+def _save_timing_cache(config, path: Path) -> None:
+    """Write the build's timing cache, merged with what another build may have written to ``path`` since."""
+    cache = config.get_timing_cache()
+    if cache is None:
+        return
+    if path.is_file():
+        cache.combine(_read_timing_cache(config, path), True)
+    write_bytes_atomic(path, bytes(memoryview(cache.serialize())))
+
+
+def _gpu_description(onnx_path: Path) -> dict:
+    """The GPU the engine is built for (and will run on), or BackendUnavailableError before any work."""
     import torch
 
+    if not torch.cuda.is_available():
+        raise BackendUnavailableError(
+            f"{onnx_path}: target 'trt' builds on the GPU that will run the engine, and torch "
+            f"{torch.__version__} sees no CUDA GPU (a CPU-only torch wheel?); or build with --target rtx")
     major, minor = torch.cuda.get_device_capability(0)
     return {"gpu": torch.cuda.get_device_name(0), "compute_capability": f"{major}.{minor}"}
 
@@ -217,17 +266,21 @@ def build_engine(settings: BuildSettings) -> BuildResult:
     polynl_nodes = count_polynl_nodes(model)
     plugin_library = None
     if settings.target == "trt":
+        target_description = _gpu_description(settings.onnx_path)
         plugin_library = resolve_plugin_library(settings, polynl_nodes)
         if plugin_library:
             load_plugin_library(trt, plugin_library)
+    else:
+        target_description = {"compute_capabilities": [f"SM{sm}" for sm in settings.sms]}
     profiles = profiles_for_onnx(settings.onnx_path, max_scale=settings.max_scale, overrides=settings.shape_overrides)
     prepared, graph_form, form_positions = prepare_onnx(model, settings, profiles)
 
     logger = _collecting_logger(trt)
-    builder = trt.Builder(logger)
-    if builder is None:
+    try:  # the bindings raise where createInferBuilder returns null
+        builder = trt.Builder(logger)
+    except (TypeError, RuntimeError) as exc:
         raise BackendUnavailableError(f"TensorRT {trt.__version__}: cannot create a builder (no usable GPU?): "
-                                      + "; ".join(logger.messages))
+                                      + "; ".join([*logger.messages, str(exc)])) from exc
     network = _create_network(trt, builder)
     parser = trt.OnnxParser(network, logger)
     if settings.target == "trt" and hasattr(trt.OnnxParserFlag, "ENABLE_PLUGIN_OVERRIDE"):
@@ -253,8 +306,7 @@ def build_engine(settings: BuildSettings) -> BuildResult:
     metadata = {
         "target": settings.target,
         "tensorrt_version": trt.__version__,
-        **({"compute_capabilities": [f"SM{sm}" for sm in settings.sms]} if settings.target == "rtx"
-           else _gpu_description()),
+        **target_description,
         "precision": settings.precision,
         "keep_io_fp32": settings.keep_io_fp32,
         "tf32": settings.tf32,
@@ -279,7 +331,7 @@ def build_engine(settings: BuildSettings) -> BuildResult:
         plan_tmp.write_bytes(plan)
         sidecar_tmp.write_bytes(json.dumps(metadata, indent=2).encode())
     if settings.timing_cache and settings.target == "trt":
-        write_bytes_atomic(settings.timing_cache, bytes(memoryview(config.get_timing_cache().serialize())))
+        _save_timing_cache(config, settings.timing_cache)
     return BuildResult(settings.plan_path, settings.sidecar_path, metadata, plan.nbytes, build_seconds)
 
 
@@ -294,9 +346,12 @@ def _build_with_progress(trt, builder, network, config, show_progress: bool):
         monitor = _progress_monitor(trt, progress)
         config.progress_monitor = monitor
         try:
-            return builder.build_serialized_network(network, config)
+            serialized = builder.build_serialized_network(network, config)
         finally:
             config.progress_monitor = None
+    if monitor.interrupted:
+        raise KeyboardInterrupt
+    return serialized
 
 
 def read_sidecar(plan_path) -> dict:

@@ -24,6 +24,8 @@ PRECISION_KEY = "polynl_deploy.precision"
 _MIXED_OK = {"Cast", "CastLike", "Shape", "Size", "Reshape", "Expand", "Slice", "Gather", "Pow", "Resize",
              "Upsample", "ConstantOfShape", "Tile", "Range", "BatchNormalization", "If", "Loop", "Scan"}
 """Ops whose float inputs may legitimately differ in type (or whose extra inputs are not data)."""
+_FLOAT32_ONLY_INPUTS = (("Resize", 2), ("Upsample", 1))
+"""(op, input index) whose tensors ONNX allows only as float32: the scales."""
 _MAX_REPAIR_ROUNDS = 20
 _FP32_SUFFIX = "__fp32"
 
@@ -42,14 +44,18 @@ def _converted_tensor(tensor: onnx.TensorProto, elem_type: int) -> onnx.TensorPr
 
 def _convert_constants(graph: onnx.GraphProto, elem_type: int) -> dict[str, onnx.TensorProto]:
     """Float32 initializers and Constant/ConstantOfShape values, in the graph and its subgraphs, to
-    ``elem_type``; returns the float32 originals by name (for constants that must stay float32)."""
+    ``elem_type`` (but those that ONNX types as float32 only, such as Resize's scales); returns the
+    float32 originals by name (for constants that must stay float32)."""
+    float32_only = {node.input[index] for node in nodes_with_subgraphs(graph)
+                    for op_type, index in _FLOAT32_ONLY_INPUTS
+                    if node.op_type == op_type and len(node.input) > index and node.input[index]}
     originals = {}
     for tensor in (tensor for g in graphs_with_subgraphs(graph) for tensor in g.initializer):
-        if tensor.data_type == FLOAT:
+        if tensor.data_type == FLOAT and tensor.name not in float32_only:
             originals[tensor.name] = copy.deepcopy(tensor)
             tensor.CopyFrom(_converted_tensor(tensor, elem_type))
     for node in (node for g in graphs_with_subgraphs(graph) for node in g.node):
-        if node.op_type not in ("Constant", "ConstantOfShape"):
+        if node.op_type not in ("Constant", "ConstantOfShape") or node.output[0] in float32_only:
             continue
         for attribute in node.attribute:
             if attribute.name == "value" and attribute.t.data_type == FLOAT:

@@ -10,9 +10,9 @@ from polynl_deploy import defaults
 from polynl_deploy.backends.base import Runner
 from polynl_deploy.errors import InputError, SettingsError
 from polynl_deploy.io import atomic_path, check_outputs, require_file
+from polynl_deploy.defaults import ENGINE_SUFFIXES
 from polynl_deploy.settings import check_seed
 
-PLAN_SUFFIXES = (".plan", ".engine", ".trt")
 
 
 @dataclass
@@ -25,7 +25,7 @@ class RunResult:
 
 def load_runner(model_path, plugin_library=None) -> Runner:
     path = Path(model_path)
-    if path.suffix in PLAN_SUFFIXES:
+    if path.suffix.lower() in ENGINE_SUFFIXES:
         from polynl_deploy.tensorrt.runner import TensorRTRunner
         return TensorRTRunner(path, plugin_library)
     from polynl_deploy.backends.onnxruntime_backend import OnnxRuntimeRunner
@@ -48,7 +48,7 @@ def example_feed(runner: Runner, model_path, seed: int) -> dict[str, np.ndarray]
     from polynl_deploy.tensorrt.builder import read_sidecar
     from polynl_deploy.validation import model_input_specs, random_feed
 
-    if Path(model_path).suffix in PLAN_SUFFIXES:
+    if Path(model_path).suffix.lower() in ENGINE_SUFFIXES:
         shapes = {p["input"]: p["opt"] for p in read_sidecar(model_path).get("profiles", [])}
     else:
         specs, _, examples = model_input_specs(model_path)
@@ -67,8 +67,8 @@ def run_model(model_path, *, inputs_path=None, input_set: int = 0, output_path=N
     if input_set and inputs_path is None:
         raise SettingsError(f"input set {input_set} asked for, but no inputs file given")
     if plugin_library is not None:
-        if Path(model_path).suffix not in PLAN_SUFFIXES:
-            raise SettingsError(f"a plugin library applies to TensorRT engines ({', '.join(PLAN_SUFFIXES)}); "
+        if Path(model_path).suffix.lower() not in ENGINE_SUFFIXES:
+            raise SettingsError(f"a plugin library applies to TensorRT engines ({', '.join(ENGINE_SUFFIXES)}); "
                                 f"{model_path} runs on ONNX Runtime, which needs none")
         require_file(plugin_library, SettingsError, prefix="plugin library ")
     check_outputs(files=[output_path], inputs=[model_path, inputs_path, plugin_library])
