@@ -413,10 +413,11 @@ def test_tensorrt_engine_without_tensorrt_is_a_clear_error(tmp_path, models):
     from polynl_deploy.errors import BackendUnavailableError
     from polynl_deploy.serving import ServeSettings, create_app
 
-    engine = tmp_path / "model.plan"
-    engine.write_bytes(b"not an engine")
-    with pytest.raises(BackendUnavailableError, match="GPU|TensorRT"):
-        create_app(ServeSettings({"m": engine}))
+    for suffix in (".plan", ".engine", ".trt"):  # the suffixes `polynl run` takes for engines too
+        engine = tmp_path / f"model{suffix}"
+        engine.write_bytes(b"not an engine")
+        with pytest.raises(BackendUnavailableError, match="GPU|TensorRT"):
+            create_app(ServeSettings({"m": engine}))
     with pytest.raises(BackendUnavailableError, match="GPU|TensorRT"):
         create_app(ServeSettings({"m": models["twoblock"][0]}, backend="tensorrt"))
 
