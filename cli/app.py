@@ -14,6 +14,8 @@ from typing import Annotated, Optional
 import typer
 from rich.console import Console
 
+from polynl_deploy import defaults
+
 app = typer.Typer(name="polynl", help="Deploy Poly-NL models: export to ONNX, run, validate, inspect.",
                   no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
 console = Console()
@@ -65,8 +67,10 @@ def export(
     from polynl_deploy.settings import ExportSettings
     from polynl_deploy.workflows import run_export
 
-    result = run_export(ExportSettings(source, output, checkpoint, _shapes(input_shape),
-                                       defaults.OPSET if opset is None else opset, mode, dynamic=not static))
+    result = run_export(ExportSettings(source=source, output=output, checkpoint=checkpoint,
+                                       input_shapes=_shapes(input_shape),
+                                       opset=defaults.OPSET if opset is None else opset, mode=mode,
+                                       dynamic=not static))
     console.print(f"wrote [bold]{result.path}[/] ({result.mode}, opset {result.opset}, "
                   f"{len(result.blocks)} Poly-NL block(s))")
     for block in result.blocks:
@@ -86,7 +90,7 @@ def validate(
                         ] = "eager,ort",
     engine: Annotated[Optional[Path], typer.Option(help="TensorRT plan for backend trt (default: ONNX path "
                                                         "with .plan)")] = None,
-    seed: int = 0,
+    seed: int = defaults.SEED,
     atol: Annotated[Optional[float], typer.Option(help="absolute tolerance for every output")] = None,
     rtol: Annotated[Optional[float], typer.Option(help="relative tolerance for every output")] = None,
     tolerance: Annotated[Optional[list[str]], typer.Option(help="per output: NAME:ATOL:RTOL")] = None,
@@ -99,8 +103,10 @@ def validate(
     from polynl_deploy.validation import render
     from polynl_deploy.workflows import run_validate
 
-    settings = ValidateSettings(onnx_path, source, checkpoint, tuple(b.strip() for b in backends.split(",")),
-                                seed, atol, rtol, parse_tolerances(tolerance), report, save_inputs, load_inputs, engine)
+    settings = ValidateSettings(onnx_path=onnx_path, source=source, checkpoint=checkpoint,
+                                backends=tuple(b.strip() for b in backends.split(",")), seed=seed, atol=atol,
+                                rtol=rtol, per_output=parse_tolerances(tolerance), report=report,
+                                save_inputs=save_inputs, load_inputs=load_inputs, engine=engine)
     result = run_validate(settings)
     render(result, console)
     if not result.passed:

@@ -9,6 +9,8 @@ from typing import Annotated, Optional
 import typer
 from rich.console import Console
 
+from polynl_deploy import defaults
+
 console = Console()
 
 ShapesOpt = Optional[list[str]]
@@ -84,7 +86,7 @@ def run(
     inputs: Annotated[Optional[Path], typer.Option(help=".npz of inputs by name (default: seeded random)")] = None,
     input_set: Annotated[int, typer.Option("--set", help="which set of a --save-inputs file (several sets)")] = 0,
     output: Annotated[Optional[Path], typer.Option(help="write the outputs to this .npz")] = None,
-    seed: int = 0,
+    seed: int = defaults.SEED,
     plugin: Annotated[Optional[Path], typer.Option(help="PolyNL plugin library for .plan files")] = None,
 ):
     """Run one inference and summarise the outputs."""

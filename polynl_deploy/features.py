@@ -1,5 +1,6 @@
-"""What this machine offers (CUDA, ONNX Runtime providers, TensorRT, the plugin library), found
-without importing anything heavy, so ``polynl --help`` and CPU-only runs never need what is missing."""
+"""What this machine offers (CUDA, ONNX Runtime providers, TensorRT, the plugin library). Importing
+this module is light, so ``polynl --help`` never needs what is missing; ``detect()`` imports torch and
+ONNX Runtime (never TensorRT) to ask them, once per process."""
 
 import functools
 import importlib.metadata

@@ -6,11 +6,12 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Iterable, Iterator
-
-import torch
+from typing import TYPE_CHECKING, Iterable, Iterator
 
 from polynl_deploy.errors import CheckpointError, OutputPathError, PolyNLError
+
+if TYPE_CHECKING:
+    import torch
 
 
 @contextlib.contextmanager
@@ -153,8 +154,10 @@ def require_file(path, error: type[PolyNLError], kind: str = "file", prefix: str
     return path
 
 
-def load_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+def load_state_dict(path: str | os.PathLike) -> "dict[str, torch.Tensor]":
     """Read a safetensors file or a torch state_dict saved with tensors only (``weights_only=True``)."""
+    import torch
+
     path = require_file(path, CheckpointError, prefix="checkpoint ")
     if path.suffix == ".safetensors":
         from safetensors import SafetensorError
@@ -189,7 +192,7 @@ def _refusal_reason(exc: Exception) -> str:
     return reasons[0][:300].rstrip(".") if reasons else type(exc).__name__
 
 
-def apply_state_dict(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+def apply_state_dict(model: "torch.nn.Module", state: "dict[str, torch.Tensor]", source: str) -> None:
     """Load ``state`` strictly, naming missing, unexpected and mis-shaped keys."""
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state))

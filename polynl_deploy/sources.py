@@ -23,7 +23,8 @@ class LoadedSource:
     name: str
     input_shapes: list[Shape] | None  # with batch; None when the source does not say
 
-    def example_inputs(self, input_shapes: list[Shape] | None = None, seed: int = 0) -> tuple[torch.Tensor, ...]:
+    def example_inputs(self, input_shapes: list[Shape] | None = None,
+                       seed: int = defaults.SEED) -> tuple[torch.Tensor, ...]:
         shapes = input_shapes or self.input_shapes
         if not shapes:
             raise SourceError(f"{self.name}: no default input shape known; give --input-shape (e.g. 1x3x224x224)")
@@ -81,7 +82,10 @@ def _from_factory(source: str) -> tuple[torch.nn.Module, list[Shape] | None]:
     factory = getattr(module, attr, None)
     if factory is None or not callable(factory):
         raise SourceError(f"source {source!r}: module {module_name!r} has no callable {attr!r}")
-    model = _seeded(factory)
+    try:
+        model = _seeded(factory)
+    except Exception as exc:  # the user's factory: any failure is a bad source
+        raise SourceError(f"source {source!r}: {attr}() failed: {type(exc).__name__}: {exc}") from exc
     if not isinstance(model, torch.nn.Module):
         raise SourceError(f"source {source!r}: {attr}() returned {type(model).__name__}, not a torch.nn.Module")
     shape = getattr(model, "default_input_shape", None) or getattr(factory, "default_input_shape", None)

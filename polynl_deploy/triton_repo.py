@@ -19,7 +19,7 @@ from pathlib import Path
 
 import onnx
 
-from polynl_deploy.errors import ModelFileError, PolyNLError, SettingsError
+from polynl_deploy.errors import ModelFileError, OutputPathError, SettingsError
 from polynl_deploy.features import PLUGIN_LIBRARY_NAME, PRELOAD_LIBRARY_NAME
 from polynl_deploy.io import check_outputs, require_file, sha256_of, staged_directory
 from polynl_deploy.onnx_file import load_onnx
@@ -79,10 +79,10 @@ def make_triton_repo(repo, onnx_path, *, name: str | None = None, plan_path=None
     check_outputs(directories=[repo], files=[repo / "README.md"], inputs=[onnx_path, plan_path])
     name = onnx_path.stem if name is None else name
     if not _NAME.match(name):
-        raise PolyNLError(f"triton-repo: model name {name!r} may only use letters, digits, '_', '.', '-'")
+        raise SettingsError(f"triton-repo: model name {name!r} may only use letters, digits, '_', '.', '-'")
     onnx_batch = DEFAULT_MAX_BATCH_SIZE if max_batch_size is None else max_batch_size
     if onnx_batch < 0 or max_queue_delay_us < 0 or instances < 1:
-        raise PolyNLError("triton-repo: max_batch_size and max_queue_delay_us must be >= 0, instances >= 1")
+        raise SettingsError("triton-repo: max_batch_size and max_queue_delay_us must be >= 0, instances >= 1")
     model = load_onnx(onnx_path)
     if any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer):
         raise ModelFileError(f"{onnx_path}: weights in external data files are not supported; "
@@ -98,7 +98,7 @@ def make_triton_repo(repo, onnx_path, *, name: str | None = None, plan_path=None
                         _plan_max_batch_size(plan_path, sidecar, max_batch_size), _plan_io_type(sidecar)))
     for model_name, *_ in targets:
         if (repo / model_name).exists() and not overwrite:
-            raise PolyNLError(f"triton-repo: {repo / model_name} exists; pass overwrite=True (--force) to replace it")
+            raise OutputPathError(f"triton-repo: {repo / model_name} exists; pass overwrite=True (--force) to replace it")
 
     written = []
     with staged_directory(repo) as staging:

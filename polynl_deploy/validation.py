@@ -99,13 +99,13 @@ def compare(reference: np.ndarray, actual: np.ndarray, tol: Tolerance) -> dict:
     with np.errstate(divide="ignore", invalid="ignore"):
         rel = np.where(mag > 0, diff / mag, np.where(diff > 0, np.inf, 0.0))
         min_rtol = np.where(mag > 0, (diff - tol.atol) / mag, np.where(diff > tol.atol, np.inf, 0.0))
-    finite_or_zero = lambda a: float(a.max()) if a.size else 0.0  # noqa: E731
+    max_or_zero = lambda a: float(a.max()) if a.size else 0.0  # noqa: E731
     passed = not nonfinite and bool(np.all(diff <= tol.atol + tol.rtol * mag))
     return {
-        "max_abs_error": finite_or_zero(diff),
-        "max_rel_error": finite_or_zero(rel),
-        "min_atol_to_pass": max(0.0, finite_or_zero(diff - tol.rtol * mag)),
-        "min_rtol_to_pass": max(0.0, finite_or_zero(min_rtol)),
+        "max_abs_error": max_or_zero(diff),
+        "max_rel_error": max_or_zero(rel),
+        "min_atol_to_pass": max(0.0, max_or_zero(diff - tol.rtol * mag)),
+        "min_rtol_to_pass": max(0.0, max_or_zero(min_rtol)),
         "nan_or_inf": nonfinite,
         "passed": passed,
     }
@@ -201,7 +201,7 @@ def compare_runners(onnx_path, runners: dict[str, Runner], *, inputs: Sequence[F
     Without ``inputs``, seeded random feeds are made at several shapes inside the dynamic range.
     """
     if len(runners) < 2:
-        raise ValidationError("validate needs at least two backends (a reference and one to check)")
+        raise SettingsError("validate needs at least two backends (a reference and one to check)")
     tolerances = tolerances or Tolerances()
     specs, output_names, examples = model_input_specs(onnx_path)
     unknown = sorted(set(tolerances.per_output) - set(output_names))
@@ -259,7 +259,7 @@ def make_runner(backend: str, onnx_path, model=None, engine_path=None) -> Runner
     ONNX path with suffix ``.plan``), the others the ONNX file."""
     if backend == "eager":
         if model is None:
-            raise ValidationError("backend 'eager' needs the PyTorch model (give --source)")
+            raise SettingsError("backend 'eager' needs the PyTorch model (give --source)")
         from polynl_deploy.backends.torch_backend import TorchRunner
         specs, outputs, _ = model_input_specs(onnx_path)
         return TorchRunner(model, specs, outputs)
@@ -269,7 +269,7 @@ def make_runner(backend: str, onnx_path, model=None, engine_path=None) -> Runner
     if backend == "trt":
         from polynl_deploy.tensorrt.runner import TensorRTRunner
         return TensorRTRunner(engine_path or Path(onnx_path).with_suffix(".plan"))
-    raise ValidationError(f"unknown backend {backend!r}; available: {', '.join(KNOWN_BACKENDS)}")
+    raise SettingsError(f"unknown backend {backend!r}; available: {', '.join(KNOWN_BACKENDS)}")
 
 
 def validate(onnx_path, model=None, *, backends: Sequence[str] = BACKENDS, inputs: Sequence[Feed] | None = None,

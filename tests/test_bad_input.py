@@ -232,3 +232,28 @@ def test_tolerance_values_are_checked_in_settings(tmp_path):
         parse_tolerances(["output:1:1", "output:2:2"])
     with pytest.raises(SettingsError, match="rtol"):
         ValidateSettings(tmp_path / "m.onnx", rtol=-math.inf)
+
+
+def test_factory_that_fails_is_a_source_error(tmp_path, monkeypatch):
+    """A module:factory whose factory raises (here: it needs an argument) is bad input, not a crash."""
+    (tmp_path / "user_models.py").write_text("def make(width):\n    raise AssertionError('unreachable')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert_clean_error(cli("export", "user_models:make", "-o", tmp_path / "m.onnx"),
+                       "user_models:make", "make() failed: TypeError")
+    assert not (tmp_path / "m.onnx").exists()
+
+
+def test_missing_optional_packages_are_named(tmp_path, monkeypatch):
+    """serve without the serve extra, and bench plots without matplotlib, say what to install (bench before
+    any timing)."""
+    import importlib.util
+    import sys
+
+    find_spec = importlib.util.find_spec
+    missing = {"fastapi", "matplotlib"}
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name in missing else find_spec(name, *a))
+    for name in [m for m in sys.modules if m.startswith("polynl_deploy.serving")]:
+        monkeypatch.delitem(sys.modules, name)
+    assert_clean_error(cli("serve", tmp_path / "m.onnx"), "serving needs fastapi", "polynl-deploy[serve]")
+    assert_clean_error(cli("bench", "--quick", "--output-dir", tmp_path / "b"), "plots need matplotlib", "--no-plots")
+    assert not (tmp_path / "b").exists()

@@ -423,13 +423,13 @@ def test_tensorrt_engine_without_tensorrt_is_a_clear_error(tmp_path, models):
 
 
 def test_settings_are_checked():
-    from polynl_deploy.errors import PolyNLError
+    from polynl_deploy.errors import SettingsError
     from polynl_deploy.serving import ServeSettings, parse_model_args
 
     assert parse_model_args(["a/b/net.onnx", "other=c.onnx"]) == {"net": Path("a/b/net.onnx"), "other": Path("c.onnx")}
-    with pytest.raises(PolyNLError, match="given twice"):
+    with pytest.raises(SettingsError, match="given twice"):
         parse_model_args(["x.onnx", "x=y.onnx"])
     for bad in ({"models": {"a b": Path("x")}}, {"models": {}}, {"backend": "tvm"}, {"max_queue": 0},
                 {"max_delay_ms": -1}, {"port": 70000}):
-        with pytest.raises(PolyNLError):
+        with pytest.raises(SettingsError):
             ServeSettings(**{"models": {"m": Path("m.onnx")}, **bad})

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import fixture_models
-from polynl_deploy.errors import ModelFileError, PolyNLError, SettingsError
+from polynl_deploy.errors import ModelFileError, OutputPathError, SettingsError
 from polynl_deploy.triton_repo import PLUGIN_PATH_IN_IMAGE, make_triton_repo
 
 
@@ -108,7 +108,7 @@ def test_without_batching_keeps_the_batch_axis(exported, tmp_path):
 def test_existing_models_are_replaced_only_when_asked(exported, tmp_path):
     onnx_path, _ = exported
     make_triton_repo(tmp_path / "repo", onnx_path, max_batch_size=4)
-    with pytest.raises(PolyNLError, match="exists"):
+    with pytest.raises(OutputPathError, match="exists"):
         make_triton_repo(tmp_path / "repo", onnx_path, max_batch_size=8)
     make_triton_repo(tmp_path / "repo", onnx_path, max_batch_size=8, overwrite=True)
     assert _parse(tmp_path / "repo" / "net" / "config.pbtxt")[0].max_batch_size == 8
@@ -117,7 +117,7 @@ def test_existing_models_are_replaced_only_when_asked(exported, tmp_path):
 
 def test_bad_arguments(exported, tmp_path):
     onnx_path, _ = exported
-    with pytest.raises(PolyNLError, match="model name"):
+    with pytest.raises(SettingsError, match="model name"):
         make_triton_repo(tmp_path / "r", onnx_path, name="bad name")
     with pytest.raises(ModelFileError, match="no such engine"):
         make_triton_repo(tmp_path / "r", onnx_path, plan_path=tmp_path / "missing.plan")

@@ -12,7 +12,7 @@ import fixture_models
 from polynl_deploy import export_onnx, validate
 from polynl_deploy.backends.onnxruntime_backend import OnnxRuntimeRunner
 from polynl_deploy.backends.torch_backend import TorchRunner
-from polynl_deploy.errors import InputError, ValidationError
+from polynl_deploy.errors import InputError, SettingsError, ValidationError
 from polynl_deploy.validation import (Tolerance, Tolerances, compare, load_inputs, model_input_specs, save_inputs,
                                       validation_shapes)
 
@@ -93,11 +93,11 @@ def test_validate_catches_a_wrong_weight(exported, tmp_path):
 
 def test_validate_needs_two_backends_and_the_model(exported):
     _, path = exported
-    with pytest.raises(ValidationError, match="needs the PyTorch model"):
+    with pytest.raises(SettingsError, match="needs the PyTorch model"):
         validate(path, None)
-    with pytest.raises(ValidationError, match="unknown backend 'tvm'"):
+    with pytest.raises(SettingsError, match="unknown backend 'tvm'"):
         validate(path, None, backends=("ort", "tvm"))
-    with pytest.raises(ValidationError, match="at least two"):
+    with pytest.raises(SettingsError, match="at least two"):
         validate(path, None, backends=("ort",))
 
 

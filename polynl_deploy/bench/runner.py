@@ -1,5 +1,6 @@
 """run_bench: the sweep over cases and contenders, then fits, targets, model-level timings and outputs."""
 
+import importlib.util
 import os
 import platform
 import tempfile
@@ -173,6 +174,8 @@ def run_bench(settings: BenchSettings) -> BenchResult:
     """Time every selected contender at every case of the grid; fit exponents, evaluate the targets,
     time the zoo models, and write CSV, JSON and plots to ``settings.output_dir``."""
     check_outputs(directories=[settings.output_dir], files=output_files(settings))
+    if settings.plots and importlib.util.find_spec("matplotlib") is None:
+        raise BenchSettingsError("plots need matplotlib (pip install 'polynl-deploy[bench]'), or pass --no-plots")
     if settings.device == "cuda" and not torch.cuda.is_available():
         raise BenchSettingsError("device 'cuda' needs a CUDA GPU, and torch.cuda.is_available() is False here")
     check_model_names(settings.models)

@@ -4,7 +4,7 @@ import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from polynl_deploy import contract
+from polynl_deploy import contract, defaults
 from polynl_deploy.errors import BenchSettingsError
 
 PRESETS = ("quick", "targets", "full", "gpu")
@@ -90,7 +90,7 @@ class BenchSettings:
     output_dir: Path = Path("benchmarks/results")
     plots: bool = True
     progress: bool = True
-    seed: int = 0
+    seed: int = defaults.SEED
 
     def __post_init__(self) -> None:
         self.output_dir = Path(self.output_dir)

@@ -7,7 +7,6 @@ import numpy as np
 
 from polynl_deploy.backends.base import Runner, TensorSpec
 from polynl_deploy.defaults import ENGINE_SUFFIXES
-from polynl_deploy.errors import BackendUnavailableError
 from polynl_deploy.serving.protocol import ProtocolError, v2_datatype
 from polynl_deploy.serving.settings import ServeSettings
 
@@ -24,12 +23,7 @@ def backend_for(path: Path, backend: str) -> str:
 
 def load_runner(path: Path, backend: str, intra_op_threads: int | None = None) -> Runner:
     if backend == "tensorrt":
-        try:
-            from polynl_deploy.tensorrt.runner import TensorRTRunner
-        except ImportError as exc:
-            raise BackendUnavailableError(
-                f"{path}: serving a TensorRT engine needs polynl_deploy.tensorrt with TensorRT and a CUDA GPU, "
-                f"which this installation lacks ({exc}); serve the ONNX file instead") from exc
+        from polynl_deploy.tensorrt.runner import TensorRTRunner  # TensorRT itself is imported (or refused) there
         return TensorRTRunner(path)
     from polynl_deploy.backends.onnxruntime_backend import OnnxRuntimeRunner
     return OnnxRuntimeRunner(path, threads=intra_op_threads)

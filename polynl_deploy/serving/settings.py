@@ -4,10 +4,10 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from polynl_deploy.errors import PolyNLError
+from polynl_deploy.errors import SettingsError
 
 BACKENDS = ("auto", "onnxruntime", "tensorrt")
-"""``auto`` picks TensorRT for ``.plan``/``.engine`` files and ONNX Runtime for everything else."""
+"""``auto`` picks TensorRT for engine files (``defaults.ENGINE_SUFFIXES``) and ONNX Runtime for the rest."""
 
 _MODEL_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 
@@ -15,7 +15,7 @@ _MODEL_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 @dataclass(frozen=True)
 class ServeSettings:
     models: dict[str, Path]
-    """Served name -> model file (``.onnx``, or a TensorRT ``.plan``/``.engine``)."""
+    """Served name -> model file (``.onnx``, or a TensorRT engine: ``.plan``, ``.engine``, ``.trt``)."""
     host: str = "127.0.0.1"
     port: int = 8000
     backend: str = "auto"
@@ -40,22 +40,22 @@ class ServeSettings:
 
     def __post_init__(self) -> None:
         if not self.models:
-            raise PolyNLError("serve: no model given")
+            raise SettingsError("serve: no model given")
         for name in self.models:
             if not _MODEL_NAME.match(name):
-                raise PolyNLError(f"serve: model name {name!r} may only use letters, digits, '_', '.', '-'")
+                raise SettingsError(f"serve: model name {name!r} may only use letters, digits, '_', '.', '-'")
         if self.backend not in BACKENDS:
-            raise PolyNLError(f"serve: backend must be one of {BACKENDS}, got {self.backend!r}")
+            raise SettingsError(f"serve: backend must be one of {BACKENDS}, got {self.backend!r}")
         positive = {"max_batch_size": self.max_batch_size, "max_queue": self.max_queue,
                     "max_body_mb": self.max_body_mb, "workers": self.workers,
                     "request_timeout_s": self.request_timeout_s}
         for name, value in positive.items():
             if value <= 0:
-                raise PolyNLError(f"serve: {name} must be positive, got {value}")
+                raise SettingsError(f"serve: {name} must be positive, got {value}")
         if self.max_delay_ms < 0 or self.drain_timeout_s < 0:
-            raise PolyNLError("serve: max_delay_ms and drain_timeout_s must not be negative")
+            raise SettingsError("serve: max_delay_ms and drain_timeout_s must not be negative")
         if not 0 <= self.port <= 65535:
-            raise PolyNLError(f"serve: port must be in 0..65535, got {self.port}")
+            raise SettingsError(f"serve: port must be in 0..65535, got {self.port}")
 
     @property
     def max_body_bytes(self) -> int:
@@ -70,6 +70,6 @@ def parse_model_args(values: list[str]) -> dict[str, Path]:
         if not sep:
             name, path = Path(value).stem, value
         if name in models:
-            raise PolyNLError(f"serve: model name {name!r} given twice; use NAME=PATH to rename one")
+            raise SettingsError(f"serve: model name {name!r} given twice; use NAME=PATH to rename one")
         models[name] = Path(path)
     return models
