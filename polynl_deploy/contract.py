@@ -56,3 +56,8 @@ ATTRIBUTES = (
     Attribute("plugin_version", "string", PLUGIN_VERSION, "TensorRT plugin version"),
 )
 ATTRIBUTE_NAMES = tuple(a.name for a in ATTRIBUTES)
+
+
+def is_polynl_node(node) -> bool:
+    """Whether an ONNX NodeProto is a polynl::PolyNL node."""
+    return node.domain == DOMAIN and node.op_type == OP_TYPE

@@ -8,7 +8,7 @@ import onnx
 
 from polynl_deploy import contract
 from polynl_deploy.export.schema import register_schema
-from polynl_deploy.onnx_file import load_onnx, metadata
+from polynl_deploy.onnx_file import load_onnx, metadata, value_dims, value_specs
 
 
 @dataclass
@@ -41,15 +41,6 @@ class ModelSummary:
         return bool(self.polynl_nodes) and not self.plugin_issues
 
 
-def _dims(value_type: onnx.TypeProto) -> list:
-    return [d.dim_param or d.dim_value for d in value_type.tensor_type.shape.dim]
-
-
-def _specs(values) -> list[dict]:
-    return [{"name": v.name, "dtype": onnx.helper.tensor_dtype_to_np_dtype(v.type.tensor_type.elem_type).name,
-             "shape": _dims(v.type)} for v in values]
-
-
 def _plugin_issues(node: onnx.NodeProto, attrs: dict, has_function: bool) -> list[str]:
     issues = []
     for key, want in (("plugin_namespace", contract.PLUGIN_NAMESPACE), ("plugin_version", contract.PLUGIN_VERSION)):
@@ -70,7 +61,7 @@ def inspect_model(path) -> ModelSummary:
         inferred = onnx.shape_inference.infer_shapes(model)
     except onnx.shape_inference.InferenceError:
         inferred = model
-    shapes = {v.name: _dims(v.type) for v in [*inferred.graph.input, *inferred.graph.value_info,
+    shapes = {v.name: value_dims(v.type) for v in [*inferred.graph.input, *inferred.graph.value_info,
                                               *inferred.graph.output]}
     weights = {t.name: list(t.dims) for t in model.graph.initializer}
     functions = [f"{f.domain}::{f.name}" for f in model.functions]
@@ -80,11 +71,11 @@ def inspect_model(path) -> ModelSummary:
         opsets={o.domain or "ai.onnx": o.version for o in model.opset_import},
         producer=f"{model.producer_name} {model.producer_version}".strip(),
         metadata=metadata(model), functions=functions,
-        inputs=_specs(model.graph.input), outputs=_specs(model.graph.output),
+        inputs=value_specs(model.graph.input), outputs=value_specs(model.graph.output),
         op_counts=dict(collections.Counter(
             f"{n.domain}::{n.op_type}" if n.domain else n.op_type for n in model.graph.node)))
     for node in model.graph.node:
-        if node.domain != contract.DOMAIN or node.op_type != contract.OP_TYPE:
+        if not contract.is_polynl_node(node):
             continue
         attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
         attrs = {k: v.decode() if isinstance(v, bytes) else v for k, v in attrs.items()}

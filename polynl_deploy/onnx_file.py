@@ -83,3 +83,14 @@ def graphs_with_subgraphs(graph: onnx.GraphProto):
 def nodes_with_subgraphs(graph: onnx.GraphProto):
     """Every node of ``graph`` and of the subgraphs nested in it."""
     return (node for g in graphs_with_subgraphs(graph) for node in g.node)
+
+
+def value_dims(value_type: onnx.TypeProto) -> list:
+    """A tensor type's dims: numbers, or the names of dynamic axes."""
+    return [d.dim_param or d.dim_value for d in value_type.tensor_type.shape.dim]
+
+
+def value_specs(values) -> list[dict]:
+    """Graph inputs or outputs as {"name", "dtype" (numpy name), "shape" (value_dims)}."""
+    return [{"name": v.name, "dtype": onnx.helper.tensor_dtype_to_np_dtype(v.type.tensor_type.elem_type).name,
+             "shape": value_dims(v.type)} for v in values]

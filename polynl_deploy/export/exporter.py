@@ -21,7 +21,7 @@ from polynl_deploy.io import atomic_path
 from polynl_deploy.nn import POLYNL_BLOCKS
 from polynl_deploy.nn.functional import (body_always_unfolded, body_gram_blocks, body_prefers_unfolded,
                                           folded_min_positions)
-from polynl_deploy.onnx_file import nodes_with_subgraphs
+from polynl_deploy.onnx_file import nodes_with_subgraphs, value_specs
 
 Mode = Literal["custom-op", "standard-ops"]
 MODES = ("custom-op", "standard-ops")
@@ -168,7 +168,7 @@ def _name_polynl_nodes(model: onnx.ModelProto) -> None:
     second call of a block used in several places on."""
     calls: collections.Counter = collections.Counter()
     for node in model.graph.node:
-        if node.op_type == contract.OP_TYPE and node.domain == contract.DOMAIN:
+        if contract.is_polynl_node(node):
             module = next((p.value for p in node.metadata_props if p.key == _MODULE_KEY), None)
             if module:
                 node.name = f"{contract.OP_TYPE}/{module}" + (f":{calls[module]}" if calls[module] else "")
@@ -199,16 +199,6 @@ def _drop_unused_initializers(model: onnx.ModelProto) -> None:
     model.graph.initializer.extend(kept)
 
 
-def tensor_specs(values) -> list[dict]:
-    specs = []
-    for v in values:
-        t = v.type.tensor_type
-        shape = [d.dim_param or d.dim_value for d in t.shape.dim]
-        specs.append({"name": v.name, "dtype": onnx.helper.tensor_dtype_to_np_dtype(t.elem_type).name,
-                      "shape": shape})
-    return specs
-
-
 def attach_function(model: onnx.ModelProto) -> None:
     """Add (or replace) the model-local PolyNL function matching the model's default opset."""
     opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
@@ -229,7 +219,7 @@ def specialize_bodies(model: onnx.ModelProto, positions: Mapping[str, int] | Non
     initializers = {t.name: t for t in model.graph.initializer}
     specialized: dict[str, onnx.FunctionProto] = {}
     for node in model.graph.node:
-        if node.domain != contract.DOMAIN or node.op_type != contract.OP_TYPE:
+        if not contract.is_polynl_node(node):
             continue
         layout = next((a.s.decode() for a in node.attribute if a.name == "layout"), contract.LAYOUT_MAPS)
         wq = initializers.get(node.input[1])
@@ -315,8 +305,8 @@ def export_onnx(model: nn.Module, example_inputs, path, *, dynamic: bool = True,
         attach_function(proto)
     if mode == "standard-ops" and blocks:
         proto = to_standard_ops(proto)
-    result = ExportResult(Path(path), mode, opset, blocks, tensor_specs(proto.graph.input),
-                          tensor_specs(proto.graph.output))
+    result = ExportResult(Path(path), mode, opset, blocks, value_specs(proto.graph.input),
+                          value_specs(proto.graph.output))
     metadata = {
         "polynl_deploy.version": __version__,
         "polynl_deploy.source": source or f"{type(model).__module__}.{type(model).__qualname__}",

@@ -61,7 +61,7 @@ def import_tensorrt(target: str):
 
 
 def count_polynl_nodes(model: onnx.ModelProto) -> int:
-    return sum(1 for n in model.graph.node if n.domain == contract.DOMAIN and n.op_type == contract.OP_TYPE)
+    return sum(1 for n in model.graph.node if contract.is_polynl_node(n))
 
 
 def positions_at(model: onnx.ModelProto, profiles: list[Profile]) -> dict[str, int]:
@@ -70,7 +70,7 @@ def positions_at(model: onnx.ModelProto, profiles: list[Profile]) -> dict[str, i
     shapes = shapes_at(model, {p.input: p.opt for p in profiles})
     positions = {}
     for node in model.graph.node:
-        if node.domain == contract.DOMAIN and node.op_type == contract.OP_TYPE:
+        if contract.is_polynl_node(node):
             dims = shapes.get(node.input[0], ())
             spatial = dims[2:] if len(dims) == 4 else dims[1:2]
             if spatial and all(spatial):
