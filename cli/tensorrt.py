@@ -16,26 +16,6 @@ console = Console()
 ShapesOpt = Optional[list[str]]
 
 
-def _resolve_unnamed(onnx_path: Path, overrides: dict) -> dict:
-    """A shape given without INPUT: belongs to the model's only input."""
-    if "" not in overrides:
-        return overrides
-    from polynl_deploy.tensorrt.settings import BuildSettingsError, ShapeOverride
-    from polynl_deploy.validation import model_input_specs
-
-    specs, _, _ = model_input_specs(onnx_path)
-    if len(specs) != 1:
-        raise BuildSettingsError(f"{onnx_path} has inputs {[s.name for s in specs]}: "
-                                 "write shapes as INPUT:1x3x64x64")
-    unnamed, named = overrides.pop(""), overrides.setdefault(specs[0].name, ShapeOverride())
-    for key in ("min", "opt", "max"):
-        if getattr(unnamed, key) is not None:
-            if getattr(named, key) is not None:
-                raise BuildSettingsError(f"--{key} given twice for input {specs[0].name!r}")
-            setattr(named, key, getattr(unnamed, key))
-    return overrides
-
-
 def build(
     onnx_path: Annotated[Path, typer.Argument(help="exported ONNX file")],
     output: Annotated[Path, typer.Option("--output", "-o", help="engine plan to write (plus <plan>.json)")],
@@ -64,9 +44,9 @@ def build(
     from polynl_deploy.tensorrt.builder import build_engine
     from polynl_deploy.tensorrt.settings import BuildSettings, parse_shape_overrides
 
-    overrides = _resolve_unnamed(onnx_path, parse_shape_overrides(min_shape, opt_shape, max_shape))
     settings = BuildSettings(onnx_path, output, target=target, precision=precision, keep_io_fp32=keep_io_fp32,
-                             tf32=tf32, shape_overrides=overrides, timing_cache=timing_cache,
+                             tf32=tf32, shape_overrides=parse_shape_overrides(min_shape, opt_shape, max_shape),
+                             timing_cache=timing_cache,
                              workspace_bytes=None if workspace_mib is None else workspace_mib * (1 << 20),
                              sms=tuple(sm or (89,)), plugin_library=plugin, version_compatible=version_compatible,
                              exclude_lean_runtime=exclude_lean_runtime)

@@ -85,3 +85,21 @@ def test_settings_are_checked(kwargs, message):
 def test_sidecar_sits_next_to_the_plan():
     settings = BuildSettings("m.onnx", "out/m.plan", target="rtx", sms=[89, 120])
     assert str(settings.sidecar_path) == "out/m.plan.json" and settings.sms == (89, 120)
+
+
+def test_unnamed_shapes_belong_to_the_only_input_in_the_library_too():
+    """A shape without INPUT: (as the CLI takes it) names the model's only input; with several inputs, or
+    given twice, it is refused, whoever calls derive_profiles."""
+    from polynl_deploy.tensorrt.profiles import derive_profiles
+    from polynl_deploy.tensorrt.settings import BuildSettingsError, ShapeOverride
+
+    one = [TensorSpec("x", "float32", (None, 3, None, None))]
+    profile, = derive_profiles(one, [(2, 3, 8, 8)], overrides={"": ShapeOverride(max=(4, 3, 16, 16)),
+                                                               "x": ShapeOverride(min=(1, 3, 4, 4))})
+    assert (profile.input, profile.min, profile.max) == ("x", (1, 3, 4, 4), (4, 3, 16, 16))
+    with pytest.raises(BuildSettingsError, match="given twice"):
+        derive_profiles(one, [(2, 3, 8, 8)], overrides={"": ShapeOverride(max=(4, 3, 16, 16)),
+                                                         "x": ShapeOverride(max=(4, 3, 16, 16))})
+    two = [*one, TensorSpec("y", "float32", (None, 3))]
+    with pytest.raises(BuildSettingsError, match="write shapes as INPUT:"):
+        derive_profiles(two, [(2, 3, 8, 8), (2, 3)], overrides={"": ShapeOverride(max=(4, 3, 16, 16))})

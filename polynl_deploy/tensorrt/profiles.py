@@ -77,11 +77,28 @@ def check_profile(profile: Profile) -> None:
             f"opt {format_shape(profile.opt)}, max {format_shape(profile.max)}")
 
 
+def _name_the_unnamed(specs: Sequence[TensorSpec], overrides: dict[str, ShapeOverride]) -> dict[str, ShapeOverride]:
+    if "" not in overrides:
+        return overrides
+    if len(specs) != 1:
+        raise BuildSettingsError(f"the model has inputs {[s.name for s in specs]}: write shapes as INPUT:1x3x64x64")
+    unnamed = overrides.pop("")
+    named = overrides.get(specs[0].name, ShapeOverride())
+    merged = {}
+    for key in ("min", "opt", "max"):
+        given = [value for value in (getattr(unnamed, key), getattr(named, key)) if value is not None]
+        if len(given) > 1:
+            raise BuildSettingsError(f"--{key} given twice for input {specs[0].name!r}")
+        merged[key] = given[0] if given else None
+    return {**overrides, specs[0].name: ShapeOverride(**merged)}
+
+
 def derive_profiles(specs: Sequence[TensorSpec], example_shapes: Sequence[Sequence[int]], *,
                     max_scale: float = DEFAULT_MAX_SCALE,
                     overrides: Mapping[str, ShapeOverride] | None = None) -> list[Profile]:
-    """One profile per input (fixed inputs get min = opt = max)."""
-    overrides = dict(overrides or {})
+    """One profile per input (fixed inputs get min = opt = max). An override named "" (a shape given
+    without INPUT:) belongs to the model's only input."""
+    overrides = _name_the_unnamed(specs, dict(overrides or {}))
     unknown = sorted(set(overrides) - {s.name for s in specs})
     if unknown:
         raise BuildSettingsError(f"shape overrides for unknown inputs {unknown}; "
