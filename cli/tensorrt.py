@@ -41,7 +41,7 @@ def build(
         "--exclude-lean-runtime", help="with --version-compatible: leave the lean runtime out of the plan")] = False,
 ):
     """Build a TensorRT engine from an exported ONNX file."""
-    from polynl_deploy.tensorrt.builder import build_engine
+    from polynl_deploy.tensorrt.builder import build_engine, render
     from polynl_deploy.tensorrt.settings import BuildSettings, parse_shape_overrides
 
     settings = BuildSettings(onnx_path, output, target=target, precision=precision, keep_io_fp32=keep_io_fp32,
@@ -50,15 +50,7 @@ def build(
                              workspace_bytes=None if workspace_mib is None else workspace_mib * (1 << 20),
                              sms=tuple(sm or (89,)), plugin_library=plugin, version_compatible=version_compatible,
                              exclude_lean_runtime=exclude_lean_runtime)
-    result = build_engine(settings)
-    meta = result.metadata
-    where = ", ".join(meta["compute_capabilities"]) if "compute_capabilities" in meta else \
-        f"{meta['gpu']} (SM {meta['compute_capability']})"
-    console.print(f"wrote [bold]{result.plan_path}[/] ({result.engine_bytes / 1e6:.1f} MB, {meta['precision']}, "
-                  f"TensorRT {meta['tensorrt_version']}, for {where}) in {result.build_seconds:.1f} s")
-    console.print(f"  graph: {meta['graph']}; build record: {result.sidecar_path}")
-    for profile in meta["profiles"]:
-        console.print(f"  {profile['input']}: min {profile['min']}, opt {profile['opt']}, max {profile['max']}")
+    render(build_engine(settings), console)
 
 
 def run(
@@ -70,21 +62,8 @@ def run(
     plugin: Annotated[Optional[Path], typer.Option(help="PolyNL plugin library for .plan files")] = None,
 ):
     """Run one inference and summarise the outputs."""
-    from rich.table import Table
-
-    from polynl_deploy.tensorrt.run import run_model
+    from polynl_deploy.tensorrt.run import render, run_model
 
     result = run_model(model, inputs_path=inputs, input_set=input_set, output_path=output, seed=seed,
                        plugin_library=plugin)
-    if result.input_sets > 1:
-        console.print(f"inputs: set {input_set} of the {result.input_sets} in {inputs} (choose with --set)")
-    table = Table(title=f"{model} on {result.backend}")
-    for column in ("output", "shape", "dtype", "min", "max", "mean"):
-        table.add_column(column)
-    for name, array in result.outputs.items():
-        values = array.astype("float64")
-        table.add_row(name, "x".join(map(str, array.shape)), str(array.dtype), f"{values.min():.4g}",
-                      f"{values.max():.4g}", f"{values.mean():.4g}")
-    console.print(table)
-    if output:
-        console.print(f"wrote {output}")
+    render(result, console, model, inputs, input_set, output)

@@ -363,3 +363,15 @@ def read_sidecar(plan_path) -> dict:
         return json.loads(sidecar.read_text())
     except (OSError, ValueError) as exc:
         raise ModelFileError(f"{sidecar}: unreadable engine sidecar ({exc})") from exc
+
+
+def render(result: BuildResult, console) -> None:
+    """What was built, for whom, from which graph, and its profiles."""
+    meta = result.metadata
+    where = ", ".join(meta["compute_capabilities"]) if "compute_capabilities" in meta else \
+        f"{meta['gpu']} (SM {meta['compute_capability']})"
+    console.print(f"wrote [bold]{result.plan_path}[/] ({result.engine_bytes / 1e6:.1f} MB, {meta['precision']}, "
+                  f"TensorRT {meta['tensorrt_version']}, for {where}) in {result.build_seconds:.1f} s")
+    console.print(f"  graph: {meta['graph']}; build record: {result.sidecar_path}")
+    for profile in meta["profiles"]:
+        console.print(f"  {profile['input']}: min {profile['min']}, opt {profile['opt']}, max {profile['max']}")

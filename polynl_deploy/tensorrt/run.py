@@ -81,3 +81,21 @@ def run_model(model_path, *, inputs_path=None, input_set: int = 0, output_path=N
         with atomic_path(output_path) as tmp, open(tmp, "wb") as handle:
             np.savez(handle, **outputs)
     return RunResult(runner.name, feed, outputs, sets)
+
+
+def render(result: RunResult, console, model_path, inputs_path=None, input_set: int = 0, output_path=None) -> None:
+    """Which input set ran, and a table of each output's shape, dtype and value range."""
+    from rich.table import Table
+
+    if result.input_sets > 1:
+        console.print(f"inputs: set {input_set} of the {result.input_sets} in {inputs_path} (choose with --set)")
+    table = Table(title=f"{model_path} on {result.backend}")
+    for column in ("output", "shape", "dtype", "min", "max", "mean"):
+        table.add_column(column)
+    for name, array in result.outputs.items():
+        values = array.astype("float64")
+        table.add_row(name, "x".join(map(str, array.shape)), str(array.dtype), f"{values.min():.4g}",
+                      f"{values.max():.4g}", f"{values.mean():.4g}")
+    console.print(table)
+    if output_path:
+        console.print(f"wrote {output_path}")
