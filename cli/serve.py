@@ -9,6 +9,8 @@ from typing import Annotated, Optional
 import typer
 from rich.console import Console
 
+from polynl_deploy import defaults
+
 console = Console()
 
 
@@ -17,16 +19,16 @@ def serve(
         help="model files (.onnx; .plan/.engine/.trt for TensorRT), each as PATH (served under its file stem) "
              "or NAME=PATH")],
     host: Annotated[str, typer.Option(help="address to bind; 0.0.0.0 exposes the server to the network")]
-    = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="TCP port")] = 8000,
+    = defaults.SERVE_HOST,
+    port: Annotated[int, typer.Option(help="TCP port")] = defaults.SERVE_PORT,
     max_batch_size: Annotated[int, typer.Option(
-        help="above 1: merge concurrent requests along axis 0 into batches of up to this many rows")] = 1,
-    max_delay_ms: Annotated[float, typer.Option(help="how long a forming batch waits for more requests")] = 2.0,
-    max_queue: Annotated[int, typer.Option(help="requests admitted per model; more are answered 503")] = 64,
-    max_body_mb: Annotated[float, typer.Option(help="largest request body; larger ones are answered 413")] = 64.0,
+        help="above 1: merge concurrent requests along axis 0 into batches of up to this many rows")] = defaults.SERVE_MAX_BATCH_SIZE,
+    max_delay_ms: Annotated[float, typer.Option(help="how long a forming batch waits for more requests")] = defaults.SERVE_MAX_DELAY_MS,
+    max_queue: Annotated[int, typer.Option(help="requests admitted per model; more are answered 503")] = defaults.SERVE_MAX_QUEUE,
+    max_body_mb: Annotated[float, typer.Option(help="largest request body; larger ones are answered 413")] = defaults.SERVE_MAX_BODY_MB,
     backend: Annotated[str, typer.Option(
         help="auto (TensorRT for .plan/.engine/.trt, ONNX Runtime otherwise), onnxruntime, or tensorrt")] = "auto",
-    workers: Annotated[int, typer.Option(help="inference threads")] = 2,
+    workers: Annotated[int, typer.Option(help="inference threads")] = defaults.SERVE_WORKERS,
 ):
     """Serve models over the Open Inference Protocol (KServe v2) REST API, with /metrics."""
     from polynl_deploy.serving import ServeSettings, parse_model_args
@@ -46,10 +48,12 @@ def triton_repo(
     plan: Annotated[Optional[Path], typer.Option(
         help="TensorRT engine built from the ONNX file: adds a tensorrt_plan model")] = None,
     max_batch_size: Annotated[Optional[int], typer.Option(
-        help="Triton max_batch_size (0: no batching; default 8, for the plan at most its profile's max batch)")]
+        help=f"Triton max_batch_size (0: no batching; default {defaults.TRITON_MAX_BATCH_SIZE}, for the plan at "
+             "most its profile's max batch)")]
     = None,
-    max_delay_us: Annotated[int, typer.Option(help="dynamic batching max_queue_delay_microseconds")] = 100,
-    instances: Annotated[int, typer.Option(help="model instances (instance_group count)")] = 1,
+    max_delay_us: Annotated[int, typer.Option(help="dynamic batching max_queue_delay_microseconds")
+                            ] = defaults.TRITON_MAX_QUEUE_DELAY_US,
+    instances: Annotated[int, typer.Option(help="model instances (instance_group count)")] = defaults.TRITON_INSTANCES,
     onnx_on_gpu: Annotated[bool, typer.Option("--onnx-on-gpu", help="run the ONNX model on GPU instances")]
     = False,
     force: Annotated[bool, typer.Option("--force", help="replace models of the same name")] = False,

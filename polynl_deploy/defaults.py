@@ -57,3 +57,17 @@ LABEL_AGREEMENT_MIN = 0.999
 
 ENGINE_SUFFIXES = (".plan", ".engine", ".trt")
 """File suffixes taken for serialized TensorRT engines (by run, serve and their CLI commands)."""
+
+# polynl serve (ServeSettings and the CLI read these).
+SERVE_HOST = "127.0.0.1"
+SERVE_PORT = 8000
+SERVE_MAX_BATCH_SIZE = 1
+SERVE_MAX_DELAY_MS = 2.0
+SERVE_MAX_QUEUE = 64
+SERVE_MAX_BODY_MB = 64.0
+SERVE_WORKERS = 2
+
+# polynl triton-repo (make_triton_repo and the CLI read these).
+TRITON_MAX_BATCH_SIZE = 8
+TRITON_MAX_QUEUE_DELAY_US = 100
+TRITON_INSTANCES = 1

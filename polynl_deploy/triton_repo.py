@@ -19,6 +19,7 @@ from pathlib import Path
 
 import onnx
 
+from polynl_deploy import defaults
 from polynl_deploy.errors import ModelFileError, OutputPathError, SettingsError
 from polynl_deploy.features import PLUGIN_LIBRARY_NAME, PRELOAD_LIBRARY_NAME
 from polynl_deploy.io import check_outputs, require_file, sha256_of, staged_directory
@@ -27,7 +28,6 @@ from polynl_deploy.onnx_file import load_onnx
 PLUGIN_PATH_IN_IMAGE = f"/opt/polynl/lib/{PRELOAD_LIBRARY_NAME}"
 """What Triton's ``plugins=`` option loads, where this project's Docker image puts it: the preload library,
 which registers the plugin of PLUGIN_LIBRARY_NAME beside it (the option itself only dlopens a library)."""
-DEFAULT_MAX_BATCH_SIZE = 8
 
 _NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 _FLOAT_IO_TYPES = {"fp16": "TYPE_FP16", "bf16": "TYPE_BF16"}
@@ -66,13 +66,14 @@ class TritonRepo:
 
 
 def make_triton_repo(repo, onnx_path, *, name: str | None = None, plan_path=None, max_batch_size: int | None = None,
-                     max_queue_delay_us: int = 100, instances: int = 1, onnx_on_gpu: bool = False,
+                     max_queue_delay_us: int = defaults.TRITON_MAX_QUEUE_DELAY_US,
+                     instances: int = defaults.TRITON_INSTANCES, onnx_on_gpu: bool = False,
                      plugin_library: str = PLUGIN_PATH_IN_IMAGE, overwrite: bool = False) -> TritonRepo:
     """Write model folders for ``onnx_path`` (and a TensorRT ``plan_path`` built from it) into ``repo``
     and rewrite its README for every model folder in it.
 
     ``max_batch_size`` > 0 needs a dynamic first axis on every input and output and turns on dynamic
-    batching; left out it is DEFAULT_MAX_BATCH_SIZE, lowered for the plan to its profiles' largest batch.
+    batching; left out it is defaults.TRITON_MAX_BATCH_SIZE, lowered for the plan to its profiles' largest batch.
     ``plugin_library`` is the library path inside the Triton container, used in the README.
     """
     repo, onnx_path = Path(repo), Path(onnx_path)
@@ -80,7 +81,7 @@ def make_triton_repo(repo, onnx_path, *, name: str | None = None, plan_path=None
     name = onnx_path.stem if name is None else name
     if not _NAME.match(name):
         raise SettingsError(f"triton-repo: model name {name!r} may only use letters, digits, '_', '.', '-'")
-    onnx_batch = DEFAULT_MAX_BATCH_SIZE if max_batch_size is None else max_batch_size
+    onnx_batch = defaults.TRITON_MAX_BATCH_SIZE if max_batch_size is None else max_batch_size
     if onnx_batch < 0 or max_queue_delay_us < 0 or instances < 1:
         raise SettingsError("triton-repo: max_batch_size and max_queue_delay_us must be >= 0, instances >= 1")
     model = load_onnx(onnx_path)
@@ -255,9 +256,9 @@ def _profile_batches(sidecar: dict) -> tuple[int, int] | None:
 
 
 def _plan_max_batch_size(plan_path: Path, sidecar: dict, requested: int | None) -> int:
-    """The tensorrt_plan model's max_batch_size: ``requested``, or DEFAULT_MAX_BATCH_SIZE lowered to the
+    """The tensorrt_plan model's max_batch_size: ``requested``, or defaults.TRITON_MAX_BATCH_SIZE lowered to the
     largest batch of the plan's profiles; a requested one the profiles do not cover is refused."""
-    wanted = DEFAULT_MAX_BATCH_SIZE if requested is None else requested
+    wanted = defaults.TRITON_MAX_BATCH_SIZE if requested is None else requested
     if wanted == 0:
         return 0
     batches = _profile_batches(sidecar)

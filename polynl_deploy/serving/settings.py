@@ -4,6 +4,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from polynl_deploy import defaults
 from polynl_deploy.errors import SettingsError
 
 BACKENDS = ("auto", "onnxruntime", "tensorrt")
@@ -16,18 +17,18 @@ _MODEL_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 class ServeSettings:
     models: dict[str, Path]
     """Served name -> model file (``.onnx``, or a TensorRT engine: ``.plan``, ``.engine``, ``.trt``)."""
-    host: str = "127.0.0.1"
-    port: int = 8000
+    host: str = defaults.SERVE_HOST
+    port: int = defaults.SERVE_PORT
     backend: str = "auto"
-    max_batch_size: int = 1
+    max_batch_size: int = defaults.SERVE_MAX_BATCH_SIZE
     """Above 1, requests are merged along axis 0 into batches of at most this many rows."""
-    max_delay_ms: float = 2.0
+    max_delay_ms: float = defaults.SERVE_MAX_DELAY_MS
     """How long a forming batch waits for more requests."""
-    max_queue: int = 64
+    max_queue: int = defaults.SERVE_MAX_QUEUE
     """Requests admitted per model (waiting or running); more are answered 503."""
-    max_body_mb: float = 64.0
+    max_body_mb: float = defaults.SERVE_MAX_BODY_MB
     """Largest request body; larger ones are answered 413."""
-    workers: int = 2
+    workers: int = defaults.SERVE_WORKERS
     """Inference threads; also the number of batches one model runs at a time."""
     intra_op_threads: int | None = None
     """ONNX Runtime threads per inference (None: ONNX Runtime's default)."""
