@@ -7,6 +7,7 @@ works on any machine. Errors of the toolkit exit with code 2, failed checks with
 import copy
 import functools
 import json
+import signal
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -206,6 +207,8 @@ _register_subcommands()
 
 
 def main() -> None:
+    # SIGTERM (timeout, docker stop) unwinds like Ctrl-C, so no temporary output file is left behind.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     app(prog_name="polynl")
 
 

@@ -57,10 +57,11 @@ def inspect_model(path) -> ModelSummary:
     """Summarize ``path``: opsets, functions, op counts, PolyNL nodes with attributes and shapes."""
     model = load_onnx(path)
     register_schema()
+    inference_error = None
     try:
         inferred = onnx.shape_inference.infer_shapes(model)
-    except onnx.shape_inference.InferenceError:
-        inferred = model
+    except onnx.shape_inference.InferenceError as exc:  # reported below: the PolyNL schema names the node
+        inferred, inference_error = model, str(exc).strip()
     shapes = {v.name: value_dims(v.type) for v in [*inferred.graph.input, *inferred.graph.value_info,
                                               *inferred.graph.output]}
     weights = {t.name: list(t.dims) for t in model.graph.initializer}
@@ -89,6 +90,8 @@ def inspect_model(path) -> ModelSummary:
     if summary.polynl_nodes and summary.opsets.get(contract.DOMAIN) != contract.OP_VERSION:
         summary.plugin_issues.append(f"opset import for domain {contract.DOMAIN!r} is "
                                      f"{summary.opsets.get(contract.DOMAIN)}, expected {contract.OP_VERSION}")
+    if inference_error and summary.polynl_nodes:
+        summary.plugin_issues.append(f"ONNX shape inference fails: {inference_error}")
     summary.plugin_issues = list(dict.fromkeys(summary.plugin_issues))
     return summary
 

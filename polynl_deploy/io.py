@@ -182,12 +182,21 @@ def load_state_dict(path: str | os.PathLike) -> "dict[str, torch.Tensor]":
     return state
 
 
-_TORCH_ADVICE = ("Weights only load failed", "Please file an issue", "Check the documentation of torch.load")
+_TORCH_ADVICE = ("Weights only load failed", "Please file an issue", "Check the documentation of torch.load",
+                 "(1)", "(2)")
+_UNPICKLER_REASON = "WeightsUnpickler error:"
 
 
 def _refusal_reason(exc: Exception) -> str:
-    """The first line of torch.load's refusal that says what is wrong (not PyTorch's advice around it)."""
+    """What is wrong, from torch.load's refusal: its WeightsUnpickler line, else its first line that is
+    not PyTorch's advice around it (which includes loading the file unsafely); files that are no torch
+    checkpoint at all make torch.load raise a bare KeyError or a magic-number error."""
+    if isinstance(exc, KeyError) or "magic number" in str(exc):
+        return "not a torch checkpoint"
     lines = [line.strip() for line in str(exc).splitlines()]
+    for line in lines:
+        if line.startswith(_UNPICKLER_REASON):
+            return line[len(_UNPICKLER_REASON):].strip().split(". Please use")[0][:300].rstrip(".")
     reasons = [line for line in lines if line and not line.startswith(_TORCH_ADVICE)]
     return reasons[0][:300].rstrip(".") if reasons else type(exc).__name__
 

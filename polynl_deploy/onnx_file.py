@@ -66,7 +66,10 @@ def shapes_at(model: onnx.ModelProto, input_shapes: Mapping[str, Sequence[int]])
     for value in fixed.graph.output:
         value.type.tensor_type.ClearField("shape")
     register_schema()
-    inferred = onnx.shape_inference.infer_shapes(fixed, data_prop=True)
+    try:
+        inferred = onnx.shape_inference.infer_shapes(fixed, data_prop=True)
+    except onnx.shape_inference.InferenceError as exc:
+        raise ModelFileError(f"ONNX shape inference fails on the model: {exc}") from None
     return {v.name: tuple(d.dim_value if d.HasField("dim_value") else None for d in v.type.tensor_type.shape.dim)
             for v in [*inferred.graph.input, *inferred.graph.value_info, *inferred.graph.output]}
 

@@ -1,12 +1,24 @@
 """Settings of each toolkit job, one dataclass each; defaults come from ``defaults``."""
 
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from polynl_deploy import defaults
 from polynl_deploy.errors import SettingsError
 from polynl_deploy.io import check_outputs
+
+
+_MODEL_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
+
+
+def check_model_name(name: str, command: str) -> None:
+    """A served or repository model name: letters, digits, '_', '.', '-', and not '.' or '..' (which as a
+    folder name would point at the repository itself or outside it)."""
+    if not _MODEL_NAME.match(name) or not name.strip("."):
+        raise SettingsError(f"{command}: model name {name!r} may only use letters, digits, '_', '.', '-', "
+                            "and not only dots")
 
 
 def check_seed(seed: int) -> None:

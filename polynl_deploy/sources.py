@@ -6,6 +6,7 @@ import logging
 import math
 import re
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -22,6 +23,8 @@ class LoadedSource:
     model: torch.nn.Module
     name: str
     input_shapes: list[Shape] | None  # with batch; None when the source does not say
+    files: tuple[Path, ...] = ()
+    """The files the model was read from (its module, its checkpoint): never an output."""
 
     def example_inputs(self, input_shapes: list[Shape] | None = None,
                        seed: int = defaults.SEED) -> tuple[torch.Tensor, ...]:
@@ -70,11 +73,13 @@ def parse_shape(text: str) -> Shape:
     return tuple(int(p) for p in parts)
 
 
-def _from_factory(source: str) -> tuple[torch.nn.Module, list[Shape] | None]:
+def _from_factory(source: str) -> tuple[torch.nn.Module, list[Shape] | None, tuple[Path, ...]]:
     module_name, _, attr = source.partition(":")
+    if not module_name.strip(".") or not attr:
+        raise SourceError(f"source {source!r}: expected package.module:factory, or a zoo name (see `polynl models`)")
     try:
         module = importlib.import_module(module_name)
-    except ImportError as exc:
+    except (ImportError, ValueError, TypeError) as exc:  # relative names ('.x') raise TypeError
         hint = ""
         if isinstance(exc, ModuleNotFoundError) and exc.name == module_name.split(".")[0]:
             hint = "; modules are imported from sys.path: for one in the current directory, set PYTHONPATH=."
@@ -89,21 +94,24 @@ def _from_factory(source: str) -> tuple[torch.nn.Module, list[Shape] | None]:
     if not isinstance(model, torch.nn.Module):
         raise SourceError(f"source {source!r}: {attr}() returned {type(model).__name__}, not a torch.nn.Module")
     shape = getattr(model, "default_input_shape", None) or getattr(factory, "default_input_shape", None)
-    return model, ([tuple(shape)] if shape else None)
+    if shape and not (isinstance(shape, (tuple, list)) and all(isinstance(d, int) and d > 0 for d in shape)):
+        raise SourceError(f"source {source!r}: default_input_shape {shape!r} is not a tuple of positive integers")
+    module_file = getattr(module, "__file__", None)
+    return model, ([tuple(shape)] if shape else None), (Path(module_file),) if module_file else ()
 
 
-def _from_zoo(name: str, with_pretrained: bool) -> tuple[torch.nn.Module, list[Shape] | None]:
+def _from_zoo(name: str, with_pretrained: bool) -> tuple[torch.nn.Module, list[Shape] | None, tuple[Path, ...]]:
     try:
         from polynl_models import registry
     except ImportError as exc:
         raise SourceError(f"source {name!r}: not module:factory, and the model zoo is not installed") from exc
     spec = registry.get_spec(name)  # raises SourceError with close matches
     if with_pretrained and spec.checkpoint:
-        return registry.load_pretrained(name), [(1, *spec.input_shape)]
+        return registry.load_pretrained(name), [(1, *spec.input_shape)], (registry.CHECKPOINT_DIR / spec.checkpoint,)
     if with_pretrained:
         log.warning("%s has no shipped checkpoint: its weights are its initialization seeded with %d, the same "
                     "in every run (give --checkpoint for trained weights)", name, defaults.SEED)
-    return _seeded(lambda: registry.build_model(name)), [(1, *spec.input_shape)]
+    return _seeded(lambda: registry.build_model(name)), [(1, *spec.input_shape)], ()
 
 
 def _seeded(build):
@@ -117,9 +125,10 @@ def _seeded(build):
 def load_source(source: str, checkpoint=None) -> LoadedSource:
     """Build the model named by ``source`` in eval mode; load ``checkpoint`` strictly if given."""
     if ":" in source:
-        model, shapes = _from_factory(source)
+        model, shapes, files = _from_factory(source)
     else:
-        model, shapes = _from_zoo(source, with_pretrained=checkpoint is None)
+        model, shapes, files = _from_zoo(source, with_pretrained=checkpoint is None)
     if checkpoint is not None:
         apply_state_dict(model, load_state_dict(checkpoint), str(checkpoint))
-    return LoadedSource(model.eval(), source, shapes)
+        files = (*files, Path(checkpoint))
+    return LoadedSource(model.eval(), source, shapes, files)

@@ -22,6 +22,7 @@ import onnx
 from polynl_deploy import defaults
 from polynl_deploy.errors import ModelFileError, OutputPathError, SettingsError
 from polynl_deploy.features import PLUGIN_LIBRARY_NAME, PRELOAD_LIBRARY_NAME
+from polynl_deploy.settings import check_model_name
 from polynl_deploy.io import check_outputs, require_file, sha256_of, staged_directory
 from polynl_deploy.onnx_file import load_onnx
 
@@ -29,7 +30,6 @@ PLUGIN_PATH_IN_IMAGE = f"/opt/polynl/lib/{PRELOAD_LIBRARY_NAME}"
 """What Triton's ``plugins=`` option loads, where this project's Docker image puts it: the preload library,
 which registers the plugin of PLUGIN_LIBRARY_NAME beside it (the option itself only dlopens a library)."""
 
-_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 _FLOAT_IO_TYPES = {"fp16": "TYPE_FP16", "bf16": "TYPE_BF16"}
 """A plan's float32 inputs and outputs in these precisions, unless it was built with keep_io_fp32."""
 _TRITON_TYPES = {
@@ -79,11 +79,11 @@ def make_triton_repo(repo, onnx_path, *, name: str | None = None, plan_path=None
     repo, onnx_path = Path(repo), Path(onnx_path)
     check_outputs(directories=[repo], files=[repo / "README.md"], inputs=[onnx_path, plan_path])
     name = onnx_path.stem if name is None else name
-    if not _NAME.match(name):
-        raise SettingsError(f"triton-repo: model name {name!r} may only use letters, digits, '_', '.', '-'")
+    check_model_name(name, "triton-repo")
     onnx_batch = defaults.TRITON_MAX_BATCH_SIZE if max_batch_size is None else max_batch_size
-    if onnx_batch < 0 or max_queue_delay_us < 0 or instances < 1:
-        raise SettingsError("triton-repo: max_batch_size and max_queue_delay_us must be >= 0, instances >= 1")
+    if not 0 <= onnx_batch < 2 ** 31 or max_queue_delay_us < 0 or instances < 1:
+        raise SettingsError("triton-repo: max_batch_size must be in 0..2^31-1 (int32), max_queue_delay_us >= 0, "
+                            "instances >= 1")
     model = load_onnx(onnx_path)
     if any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer):
         raise ModelFileError(f"{onnx_path}: weights in external data files are not supported; "

@@ -2,6 +2,7 @@
 
 from polynl_deploy.errors import ExportError, InferenceError, SourceError
 from polynl_deploy.export.exporter import ExportResult, check_opset, export_onnx
+from polynl_deploy.io import check_outputs
 from polynl_deploy.settings import ExportSettings, ValidateSettings
 from polynl_deploy.sources import load_source
 from polynl_deploy.validation import (Tolerance, Tolerances, ValidationReport, load_inputs, save_inputs, validate)
@@ -10,6 +11,7 @@ from polynl_deploy.validation import (Tolerance, Tolerances, ValidationReport, l
 def run_export(settings: ExportSettings) -> ExportResult:
     check_opset(settings.opset)
     loaded = load_source(settings.source, settings.checkpoint)
+    check_outputs(files=[settings.output], inputs=loaded.files)  # e.g. the zoo's checkpoint, the factory's module
     example = loaded.example_inputs(settings.input_shapes)
     try:
         return export_onnx(loaded.model, example, settings.output, dynamic=settings.dynamic, opset=settings.opset,

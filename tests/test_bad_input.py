@@ -107,8 +107,8 @@ def test_eager_failure_is_typed():
 @pytest.mark.parametrize("args,fragment", [
     (("run", "{d}/marks.onnx", "--seed", "-5"), "seed must be >= 0"),
     (("validate", "{d}/marks.onnx", "--source", MODEL, "--seed", "-5"), "seed must be >= 0"),
-    (("bench", "--threads", "-2", "--output-dir", "{d}/b"), "threads must be at least 1"),
-    (("bench", "--threads", "0", "--output-dir", "{d}/b"), "threads must be at least 1"),
+    (("bench", "--threads", "-2", "--output-dir", "{d}/b"), "threads must be in 1.."),
+    (("bench", "--threads", "0", "--output-dir", "{d}/b"), "threads must be in 1.."),
     (("demo", "--samples", "0", "-o", "{d}/demo"), "samples must be at least 1"),
     (("demo", "--samples", "-5", "-o", "{d}/demo"), "samples must be at least 1"),
     (("demo", "--samples", "999999", "-o", "{d}/demo"), "has 2000 samples"),
@@ -213,16 +213,21 @@ class _Exploit:
         return (os.system, ("true",))
 
 
-@pytest.mark.parametrize("kind", ["pickle", "random"])
-def test_unsafe_checkpoint_message_gives_no_unsafe_advice(tmp_path, kind):
+@pytest.mark.parametrize("kind, reason", [("pickle", ""), ("random", ""), ("torch.save", "GLOBAL"),
+                                          ("text", "not a torch checkpoint")])
+def test_unsafe_checkpoint_message_gives_no_unsafe_advice(tmp_path, kind, reason):
     path = tmp_path / "bad.pt"
     if kind == "pickle":
         path.write_bytes(pickle.dumps({"w": _Exploit()}))
+    elif kind == "torch.save":  # the zip format torch.save writes, holding an object that runs code on load
+        torch.save({"w": _Exploit()}, path)
+    elif kind == "text":
+        path.write_text("hello world\n")
     else:
         path.write_bytes(bytes(np.random.default_rng(0).integers(0, 256, 64, dtype=np.uint8)))
     assert_clean_error(cli("export", MODEL, "-c", path, "-o", tmp_path / "c.onnx"),
-                       "not a plain tensor checkpoint", "safetensors",
-                       absent=("weights_only=False", "will likely succeed", "`weights_only`"))
+                       "not a plain tensor checkpoint", "safetensors", reason,
+                       absent=("weights_only=False", "will likely succeed", "`weights_only`", "(1)"))
 
 
 def test_tolerance_values_are_checked_in_settings(tmp_path):
@@ -257,3 +262,79 @@ def test_missing_optional_packages_are_named(tmp_path, monkeypatch):
     assert_clean_error(cli("serve", tmp_path / "m.onnx"), "serving needs fastapi", "polynl-deploy[serve]")
     assert_clean_error(cli("bench", "--quick", "--output-dir", tmp_path / "b"), "plots need matplotlib", "--no-plots")
     assert not (tmp_path / "b").exists()
+
+
+@pytest.mark.parametrize("source, fragment", [(":", "expected package.module:factory"),
+                                              (".:foo", "expected package.module:factory"),
+                                              (".mod:foo", "cannot import module")])
+def test_malformed_sources(tmp_path, source, fragment):
+    assert_clean_error(cli("export", source, "-o", tmp_path / "m.onnx"), fragment)
+
+
+def test_factory_default_shape_is_checked(tmp_path, monkeypatch):
+    (tmp_path / "shaped.py").write_text(
+        "import torch\n"
+        "def make():\n    model = torch.nn.Conv2d(3, 4, 1)\n    model.default_input_shape = '1x3x8x8'\n    return model\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert_clean_error(cli("export", "shaped:make", "-o", tmp_path / "m.onnx"),
+                       "default_input_shape '1x3x8x8' is not a tuple of positive integers")
+
+
+def test_export_never_writes_over_the_files_the_model_came_from(tmp_path, monkeypatch):
+    """An output path equal to the factory's module (or a checkpoint) is refused before anything is written."""
+    module = tmp_path / "own_model.py"
+    module.write_text("import torch\n"
+                      "def make():\n    model = torch.nn.Conv2d(3, 4, 1)\n    model.default_input_shape = (1, 3, 8, 8)\n"
+                      "    return model\n")
+    before = module.read_bytes()
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert_clean_error(cli("export", "own_model:make", "-o", module), "would overwrite the input")
+    assert module.read_bytes() == before
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (("--max-body-mb", "nan"), "max_body_mb must be a positive number"),
+    (("--max-delay-ms", "inf"), "max_delay_ms must be a number >= 0"),
+])
+def test_serve_numbers_must_be_finite(files, args, fragment):
+    assert_clean_error(cli("serve", files / "marks.onnx", *args), fragment)
+
+
+@pytest.mark.parametrize("name", [".", ".."])
+def test_triton_model_name_cannot_leave_the_repository(files, tmp_path, name):
+    assert_clean_error(cli("triton-repo", files / "marks.onnx", "-o", tmp_path / "repo", "--name", name, "--force"),
+                       "not only dots")
+    assert not (tmp_path / "config.pbtxt").exists() and not (tmp_path / "repo").exists()
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (("--max", "2147483648x1x32x32"), "TensorRT takes dims up to 2147483647"),
+    (("--max", "100000x1x100000x100000"), "elements a tensor"),
+    (("--workspace-mib", "99999999999999999"), "below 2^63 bytes"),
+])
+def test_build_numbers_tensorrt_cannot_take(files, tmp_path, args, fragment):
+    assert_clean_error(cli("build", files / "marks.onnx", "-o", tmp_path / "b.plan", "--target", "rtx", *args),
+                       fragment)
+    assert not (tmp_path / "b.plan").exists()
+
+
+def test_bench_threads_are_bounded(tmp_path):
+    assert_clean_error(cli("bench", "--quick", "--threads", "100000", "--output-dir", tmp_path / "b"), "threads must be in")
+
+
+def test_inconsistent_polynl_node_is_named(files, tmp_path):
+    """Wq with more rows than X has channels: build names the node's problem (no traceback), and inspect
+    does not call the file ready for the plugin."""
+    from polynl_deploy.inspection import inspect_model
+
+    model = onnx.load(str(files / "marks.onnx"))
+    node = next(n for n in model.graph.node if n.op_type == "PolyNL")
+    wq = next(t for t in model.graph.initializer if t.name == node.input[1])
+    rows, cols = wq.dims
+    wq.CopyFrom(onnx.numpy_helper.from_array(np.zeros((rows + 1, cols), np.float32), wq.name))
+    path = tmp_path / "badweight.onnx"
+    onnx.save(model, str(path))
+    assert_clean_error(cli("build", path, "-o", tmp_path / "b.plan", "--target", "rtx"),
+                       "shape inference fails", f"Wq has {rows + 1} rows")
+    summary = inspect_model(path)
+    assert not summary.plugin_ready and any("shape inference fails" in issue for issue in summary.plugin_issues)

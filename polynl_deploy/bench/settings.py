@@ -1,6 +1,7 @@
 """What a benchmark run measures: the layer grid, the contenders, repeats and budgets, and the presets."""
 
 import math
+import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -103,8 +104,10 @@ class BenchSettings:
         if self.device == "cpu" and self.dtype != "float32":
             raise BenchSettingsError(f"CPU runs are float32 (ONNX Runtime CPU has no fast {self.dtype}); "
                                      "use device='cuda' for reduced precision")
-        if self.threads is not None and self.threads < 1:
-            raise BenchSettingsError(f"threads must be at least 1, got {self.threads}")
+        most = 4 * (os.cpu_count() or 1)
+        if self.threads is not None and not 1 <= self.threads <= most:
+            raise BenchSettingsError(f"threads must be in 1..{most} (4x this machine's {os.cpu_count()} CPUs), "
+                                     f"got {self.threads}")
         if not self.nonlocal_memory_cap_gib > 0:
             raise BenchSettingsError(f"nonlocal_memory_cap_gib must be positive, got {self.nonlocal_memory_cap_gib}")
         if not self.models and not self.cases():

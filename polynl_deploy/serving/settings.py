@@ -1,16 +1,16 @@
 """Settings of the inference server, one dataclass."""
 
-import re
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
 from polynl_deploy import defaults
 from polynl_deploy.errors import SettingsError
+from polynl_deploy.settings import check_model_name
 
 BACKENDS = ("auto", "onnxruntime", "tensorrt")
 """``auto`` picks TensorRT for engine files (``defaults.ENGINE_SUFFIXES``) and ONNX Runtime for the rest."""
 
-_MODEL_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 
 
 @dataclass(frozen=True)
@@ -43,18 +43,18 @@ class ServeSettings:
         if not self.models:
             raise SettingsError("serve: no model given")
         for name in self.models:
-            if not _MODEL_NAME.match(name):
-                raise SettingsError(f"serve: model name {name!r} may only use letters, digits, '_', '.', '-'")
+            check_model_name(name, "serve")
         if self.backend not in BACKENDS:
             raise SettingsError(f"serve: backend must be one of {BACKENDS}, got {self.backend!r}")
         positive = {"max_batch_size": self.max_batch_size, "max_queue": self.max_queue,
                     "max_body_mb": self.max_body_mb, "workers": self.workers,
                     "request_timeout_s": self.request_timeout_s}
         for name, value in positive.items():
-            if value <= 0:
-                raise SettingsError(f"serve: {name} must be positive, got {value}")
-        if self.max_delay_ms < 0 or self.drain_timeout_s < 0:
-            raise SettingsError("serve: max_delay_ms and drain_timeout_s must not be negative")
+            if not (math.isfinite(value) and value > 0):
+                raise SettingsError(f"serve: {name} must be a positive number, got {value}")
+        for name, value in {"max_delay_ms": self.max_delay_ms, "drain_timeout_s": self.drain_timeout_s}.items():
+            if not (math.isfinite(value) and value >= 0):
+                raise SettingsError(f"serve: {name} must be a number >= 0, got {value}")
         if not 0 <= self.port <= 65535:
             raise SettingsError(f"serve: port must be in 0..65535, got {self.port}")
 

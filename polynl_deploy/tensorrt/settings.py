@@ -1,5 +1,6 @@
 """BuildSettings: everything one engine build needs, checked before TensorRT is touched."""
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,6 +27,10 @@ class ShapeOverride:
     max: Shape | None = None
 
 
+_MAX_DIM = 2 ** 31 - 1
+_MAX_VOLUME = 2 ** 40  # TensorRT's limit on a tensor's element count
+
+
 def parse_shape_overrides(mins=None, opts=None, maxs=None) -> dict[str, ShapeOverride]:
     """'[INPUT:]1x3x64x64' per value -> {input: ShapeOverride}; '' names the model's only input."""
     from polynl_deploy.errors import SourceError
@@ -39,6 +44,9 @@ def parse_shape_overrides(mins=None, opts=None, maxs=None) -> dict[str, ShapeOve
                 shape = parse_shape(text)
             except SourceError:
                 raise BuildSettingsError(f"bad --{key} {value!r}: expected [INPUT:]SHAPE like x:1x3x64x64") from None
+            if max(shape) > _MAX_DIM or math.prod(shape) > _MAX_VOLUME:
+                raise BuildSettingsError(f"--{key} {value!r}: TensorRT takes dims up to {_MAX_DIM} and "
+                                         f"{_MAX_VOLUME:,} elements a tensor")
             override = overrides.setdefault(name, ShapeOverride())
             if getattr(override, key) is not None:
                 raise BuildSettingsError(f"--{key} given twice for " + (f"input {name!r}" if name else "the input"))
@@ -80,8 +88,8 @@ class BuildSettings:
             raise BuildSettingsError("keep_io_fp32 only applies to fp16/bf16 builds")
         if self.max_scale < 1:
             raise BuildSettingsError(f"max_scale must be >= 1, got {self.max_scale}")
-        if self.workspace_bytes is not None and self.workspace_bytes <= 0:
-            raise BuildSettingsError(f"workspace must be positive, got {self.workspace_bytes} bytes")
+        if self.workspace_bytes is not None and not 0 < self.workspace_bytes < 2 ** 63:
+            raise BuildSettingsError(f"workspace must be positive and below 2^63 bytes, got {self.workspace_bytes}")
         if self.target == "rtx":
             unknown = [sm for sm in self.sms if sm not in RTX_SMS]
             if not self.sms or unknown:
