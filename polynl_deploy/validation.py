@@ -160,6 +160,9 @@ def load_inputs(path) -> list[Feed]:
         raise InputError(f"{path}: not a readable .npz of input arrays ({exc or type(exc).__name__})") from None
     if not feeds:
         raise InputError(f"{path}: holds no arrays")
+    if sorted(feeds) != list(range(len(feeds))):  # else --set K would silently take another set
+        raise InputError(f"{path}: input sets must be numbered 0 to {len(feeds) - 1} (as --save-inputs writes "
+                         f"them); found {sorted(feeds)}")
     for index, feed in sorted(feeds.items()):
         for name, array in feed.items():
             if 0 in array.shape:

@@ -338,3 +338,11 @@ def test_inconsistent_polynl_node_is_named(files, tmp_path):
                        "shape inference fails", f"Wq has {rows + 1} rows")
     summary = inspect_model(path)
     assert not summary.plugin_ready and any("shape inference fails" in issue for issue in summary.plugin_issues)
+
+
+def test_input_sets_numbered_with_gaps_are_refused(files, tmp_path):
+    """Sets 0 and 2: `--set 1` would otherwise run the file's set 2."""
+    path = tmp_path / "gaps.npz"
+    np.savez(path, **{"0/x": np.ones((1, 1, 32, 32), np.float32), "2/x": np.zeros((1, 1, 32, 32), np.float32)})
+    assert_clean_error(cli("run", files / "marks.onnx", "--inputs", path, "--set", "1"),
+                       "input sets must be numbered 0 to 1", "found [0, 2]")
