@@ -141,6 +141,18 @@ def test_sizes_across_tiles_and_slices(kernels, case, layout, path):
 # Folded-path sizes for the tensor cores (64 x 64 tiles, 32-deep stages): C below one tile and across
 # two (mirrored off-diagonal Gram tile), N odd and not a multiple of 16, batch 2, two position slices.
 # SM75 only changes which kernels run: one case.
+def folded_mma_per_launch(client, case, layout, x_dtype) -> tuple[list[int], str]:
+    """The folded path on a traced client, checked against the reference: mma_sync calls per launch, and
+    the trace."""
+    x, weights = make_inputs(case, layout, x_dtype, torch.float32)
+    reply = forward(client, x, weights, layout, FOLDED)
+    assert reply["status"] == SUCCESS, f"{reply['error']}\n{reply['log']}"
+    y = torch.from_numpy(reply["y"])
+    assert_close((y.view(torch.bfloat16) if x_dtype == torch.bfloat16 else y).double(),
+                 reference(x, weights, layout), x_dtype)
+    return [int(n) for n in re.findall(r"launch grid .*: (\d+) mma_sync", reply["log"])], reply["log"]
+
+
 TENSOR_CASES = [(90, CASES[2]), (90, CASES[3]), (90, CASES[4]), (75, CASES[2])]
 
 
@@ -150,17 +162,11 @@ TENSOR_CASES = [(90, CASES[2]), (90, CASES[3]), (90, CASES[4]), (75, CASES[2])]
 def test_tensor_cores_by_compute_capability(by_compute_capability, sm, case, layout, x_dtype):
     """The folded path runs its Gram matrix and output GEMM on tensor cores (wmma) for float16 from SM70
     and bfloat16 from SM80, else the SIMT kernels; both within the unchanged tolerances."""
-    x, weights = make_inputs(case, layout, x_dtype, torch.float32)
-    reply = forward(by_compute_capability[sm], x, weights, layout, FOLDED)
-    assert reply["status"] == SUCCESS, f"{reply['error']}\n{reply['log']}"
-    y = torch.from_numpy(reply["y"])
-    assert_close((y.view(torch.bfloat16) if x_dtype == torch.bfloat16 else y).double(),
-                 reference(x, weights, layout), x_dtype)
-    mma_per_launch = [int(n) for n in re.findall(r"launch grid .*: (\d+) mma_sync", reply["log"])]
+    mma_per_launch, log = folded_mma_per_launch(by_compute_capability[sm], case, layout, x_dtype)
     tensor_cores = x_dtype == torch.float16 or sm >= 80
     # staging and zeroing, Gram, m, M and c, [split of M,] output
-    assert len(mma_per_launch) == (6 if tensor_cores else 5), reply["log"]
-    assert sum(n > 0 for n in mma_per_launch) == (2 if tensor_cores else 0), reply["log"]
+    assert len(mma_per_launch) == (6 if tensor_cores else 5), log
+    assert sum(n > 0 for n in mma_per_launch) == (2 if tensor_cores else 0), log
 
 
 @LAYOUTS
@@ -169,14 +175,8 @@ def test_code_compiled_for_a_lower_architecture(by_compute_capability, layout, x
     """An SM90 GPU running PTX of compute_75 (JIT-compiled) has wmma kernels for float16 but empty ones
     for bfloat16 (nvcc compiles the bfloat16 branch away below SM80): the path follows the code that runs,
     not the device's compute capability, so bfloat16 takes the SIMT kernels and stays right."""
-    x, weights = make_inputs(CASES[2], layout, x_dtype, torch.float32)
-    reply = forward(by_compute_capability[JIT_FROM_75], x, weights, layout, FOLDED)
-    assert reply["status"] == SUCCESS, f"{reply['error']}\n{reply['log']}"
-    y = torch.from_numpy(reply["y"])
-    assert_close((y.view(torch.bfloat16) if x_dtype == torch.bfloat16 else y).double(),
-                 reference(x, weights, layout), x_dtype)
-    mma_per_launch = [int(n) for n in re.findall(r"launch grid .*: (\d+) mma_sync", reply["log"])]
-    assert sum(n > 0 for n in mma_per_launch) == (2 if x_dtype == torch.float16 else 0), reply["log"]
+    mma_per_launch, log = folded_mma_per_launch(by_compute_capability[JIT_FROM_75], CASES[2], layout, x_dtype)
+    assert sum(n > 0 for n in mma_per_launch) == (2 if x_dtype == torch.float16 else 0), log
 
 
 @pytest.mark.parametrize("x_dtype", [torch.float16, torch.bfloat16], ids=["float16", "bfloat16"])
