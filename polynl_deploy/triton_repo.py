@@ -23,6 +23,7 @@ from polynl_deploy import defaults
 from polynl_deploy.errors import ModelFileError, OutputPathError, SettingsError
 from polynl_deploy.features import PLUGIN_LIBRARY_NAME, PRELOAD_LIBRARY_NAME
 from polynl_deploy.settings import check_model_name
+from polynl_deploy.tensorrt.precision import TARGET_TYPES
 from polynl_deploy.io import check_outputs, require_file, sha256_of, staged_directory
 from polynl_deploy.onnx_file import load_onnx
 
@@ -30,8 +31,6 @@ PLUGIN_PATH_IN_IMAGE = f"/opt/polynl/lib/{PRELOAD_LIBRARY_NAME}"
 """What Triton's ``plugins=`` option loads, where this project's Docker image puts it: the preload library,
 which registers the plugin of PLUGIN_LIBRARY_NAME beside it (the option itself only dlopens a library)."""
 
-_FLOAT_IO_TYPES = {"fp16": "TYPE_FP16", "bf16": "TYPE_BF16"}
-"""A plan's float32 inputs and outputs in these precisions, unless it was built with keep_io_fp32."""
 _TRITON_TYPES = {
     onnx.TensorProto.FLOAT: "TYPE_FP32", onnx.TensorProto.FLOAT16: "TYPE_FP16",
     onnx.TensorProto.BFLOAT16: "TYPE_BF16", onnx.TensorProto.DOUBLE: "TYPE_FP64",
@@ -134,7 +133,10 @@ def _tensors(model: onnx.ModelProto, max_batch_size: int, path: Path) -> tuple[l
 
 def _plan_io_type(sidecar: dict) -> str | None:
     """The Triton type of the plan's float inputs and outputs where it is not the ONNX file's float32."""
-    return None if sidecar.get("keep_io_fp32") else _FLOAT_IO_TYPES.get(sidecar.get("precision", "fp32"))
+    if sidecar.get("keep_io_fp32"):
+        return None
+    converted = TARGET_TYPES.get(sidecar.get("precision", "fp32"))  # fp32 builds keep the ONNX file's types
+    return None if converted is None else _TRITON_TYPES[converted]
 
 
 def _retyped(tensors: list[TritonTensor], float_type: str | None) -> list[TritonTensor]:

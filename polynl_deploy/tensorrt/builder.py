@@ -8,6 +8,7 @@ for the node's form at the profile's opt shape (``specialize_bodies``): its buil
 body's run-time If on N (data-dependent shapes inside a conditional).
 """
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -147,33 +148,33 @@ def _progress_monitor(trt, progress):
         def __init__(self) -> None:
             trt.IProgressMonitor.__init__(self)
             self.tasks: dict[str, int] = {}
-
             self.interrupted = False
 
         # TensorRT calls these from its build; an exception would stop in the bindings (which print it
         # and go on), so Ctrl-C is kept and answered by cancelling the build at the next step.
-        def phase_start(self, phase_name, parent_phase, num_steps) -> None:
+        @contextlib.contextmanager
+        def _keeping_interrupt(self):
             try:
-                indent = "  " if parent_phase else ""
-                self.tasks[phase_name] = progress.add_task(f"{indent}{phase_name}", total=max(num_steps, 1))
+                yield
             except KeyboardInterrupt:
                 self.interrupted = True
 
+        def phase_start(self, phase_name, parent_phase, num_steps) -> None:
+            with self._keeping_interrupt():
+                indent = "  " if parent_phase else ""
+                self.tasks[phase_name] = progress.add_task(f"{indent}{phase_name}", total=max(num_steps, 1))
+
         def step_complete(self, phase_name, step) -> bool:
-            try:
+            with self._keeping_interrupt():
                 if phase_name in self.tasks:
                     progress.update(self.tasks[phase_name], completed=step + 1)
-            except KeyboardInterrupt:
-                self.interrupted = True
             return not self.interrupted  # False cancels the build
 
         def phase_finish(self, phase_name) -> None:
-            try:
+            with self._keeping_interrupt():
                 task = self.tasks.pop(phase_name, None)
                 if task is not None:
                     progress.remove_task(task)
-            except KeyboardInterrupt:
-                self.interrupted = True
 
     return RichProgressMonitor()
 

@@ -8,16 +8,16 @@ import logging
 from pathlib import Path
 
 import numpy as np
+import onnx
 
 from polynl_deploy import features
 from polynl_deploy.backends.base import Runner, TensorSpec
 from polynl_deploy.errors import BackendUnavailableError, InputError, ModelFileError
 from polynl_deploy.io import require_file, sha256_of
 from polynl_deploy.tensorrt.builder import import_tensorrt, load_plugin_library, read_sidecar
+from polynl_deploy.tensorrt.precision import TARGET_TYPES
 
 log = logging.getLogger(__name__)
-
-_PRECISION_DTYPES = {"fp16": "float16", "bf16": "bfloat16"}
 
 _NUMPY_TYPES = {"FLOAT": "float32", "HALF": "float16", "BF16": "bfloat16", "INT32": "int32", "INT64": "int64",
                 "INT8": "int8", "UINT8": "uint8", "BOOL": "bool"}
@@ -34,7 +34,8 @@ class TensorRTRunner(Runner):
         if not torch.cuda.is_available():
             raise BackendUnavailableError(f"{self.path}: running a TensorRT engine needs a CUDA GPU")
         self.sidecar = read_sidecar(self.path)
-        self.precision = _PRECISION_DTYPES.get(self.sidecar.get("precision"))
+        converted = TARGET_TYPES.get(self.sidecar.get("precision", "fp32"))  # the arithmetic's type, if not fp32
+        self.precision = None if converted is None else onnx.helper.tensor_dtype_to_np_dtype(converted).name
         self.trt = trt = import_tensorrt(self.sidecar.get("target", "trt"))
         # A version-compatible plan carries its plugin library and loads it itself.
         if self.sidecar.get("target", "trt") == "trt" and not self.sidecar.get("plugin_library_serialized"):
